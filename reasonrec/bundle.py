@@ -1,0 +1,116 @@
+"""The model bundle (DESIGN.md §6): a folder or prefix with ``manifest.json`` written last.
+
+Files are staged in a local temporary folder and uploaded only on commit; the old manifest is removed before the
+upload and the new one, with a SHA-256 of every file, is written after it. So a crash leaves either the previous
+bundle untouched or no manifest at all, and a bundle without a manifest (or with a file whose checksum differs)
+is refused. Only safetensors and JSON are read: nothing is unpickled.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from reasonrec import storage
+from reasonrec.tools.base import Tool
+
+MANIFEST = "manifest.json"
+
+
+class BundleError(RuntimeError):
+    pass
+
+
+class Bundle:
+    """Read side: verified access to a committed bundle."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        manifest_uri = storage.join(uri, MANIFEST)
+        if not storage.exists(manifest_uri):
+            raise BundleError(f"{uri}: no {MANIFEST}: not a committed bundle (run `reasonrec train-tools`)")
+        self.manifest = storage.read_json(manifest_uri)
+
+    @property
+    def version(self) -> str:
+        return self.manifest["version"]
+
+    @property
+    def tool_names(self) -> list[str]:
+        return sorted(self.manifest.get("tools", {}))
+
+    def read(self, rel: str) -> bytes:
+        expected = self.manifest["files"].get(rel)
+        if expected is None:
+            raise BundleError(f"{self.uri}: {rel} is not listed in the manifest")
+        data = storage.read_bytes(storage.join(self.uri, rel))
+        if storage.sha256(data) != expected:
+            raise BundleError(f"{self.uri}: {rel} does not match its manifest checksum (tampered or truncated)")
+        return data
+
+    def item_ids(self) -> np.ndarray:
+        import json
+        return np.array(json.loads(self.read("vocab/items.json")), dtype=object)
+
+    def load_tool(self, name: str) -> Tool:
+        if name not in self.manifest.get("tools", {}):
+            raise BundleError(f"{self.uri}: no tool {name!r}; the bundle has {self.tool_names}")
+        prefix = f"tools/{name}/"
+        with tempfile.TemporaryDirectory() as tmp:
+            for rel in (r for r in self.manifest["files"] if r.startswith(prefix)):
+                target = Path(tmp) / rel[len(prefix):]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(self.read(rel))
+            return Tool.load(tmp)
+
+
+class BundleWriter:
+    """Stage files locally, then ``commit`` them with a new manifest. Use as a context manager."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self._stage = Path(tempfile.mkdtemp(prefix="reasonrec-bundle-"))
+        self._tools: dict[str, dict] = {}
+        self._extra: dict = {}
+
+    def __enter__(self) -> "BundleWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        shutil.rmtree(self._stage, ignore_errors=True)
+
+    def add_file(self, rel: str, data: bytes) -> None:
+        target = self._stage / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+
+    def add_tool(self, name: str, folder: str | Path, metrics: dict) -> None:
+        shutil.copytree(folder, self._stage / "tools" / name, dirs_exist_ok=True)
+        self._tools[name] = {"metrics": metrics}
+
+    def update(self, **fields) -> None:
+        self._extra.update(fields)
+
+    def commit(self) -> dict:
+        """Merge with the previous manifest (tools not retrained are kept), upload, write the manifest last."""
+        previous = Bundle(self.uri).manifest if storage.exists(storage.join(self.uri, MANIFEST)) else {}
+        files = {rel: sha for rel, sha in previous.get("files", {}).items()
+                 if not any(rel.startswith(f"tools/{n}/") for n in self._tools)}
+        staged = sorted(p for p in self._stage.rglob("*") if p.is_file())
+        for path in staged:
+            files[path.relative_to(self._stage).as_posix()] = storage.sha256(path.read_bytes())
+        manifest = {
+            **previous, **self._extra,
+            "version": dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8],
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "tools": {**previous.get("tools", {}), **self._tools},
+            "files": files,
+        }
+        storage.delete(storage.join(self.uri, MANIFEST))
+        storage.upload_dir(self._stage, self.uri)
+        storage.write_json(storage.join(self.uri, MANIFEST), manifest)
+        return manifest

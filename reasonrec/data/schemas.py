@@ -1,0 +1,57 @@
+"""Arrow schemas of the data contracts (DESIGN.md §3)."""
+import pyarrow as pa
+
+INTERACTIONS = pa.schema([
+    pa.field("user_id", pa.string(), nullable=False),
+    pa.field("item_id", pa.string(), nullable=False),
+    pa.field("ts", pa.int64(), nullable=False),
+    pa.field("rating", pa.float32()),
+    pa.field("review", pa.string()),
+])
+
+ITEMS = pa.schema([
+    pa.field("item_id", pa.string(), nullable=False),
+    pa.field("title", pa.string()),
+    pa.field("categories", pa.list_(pa.string())),
+    pa.field("brand", pa.string()),
+    pa.field("price", pa.float32()),
+    pa.field("image_uri", pa.string()),
+])
+
+# Sampled candidate lists for direct recommendation: one positive and never-seen negatives per user.
+CANDIDATES = pa.schema([
+    pa.field("user_id", pa.string(), nullable=False),
+    pa.field("split", pa.string(), nullable=False),
+    pa.field("positive", pa.string(), nullable=False),
+    pa.field("negatives", pa.list_(pa.string()), nullable=False),
+])
+
+REQUIRED = {"interactions": ("user_id", "item_id"), "items": ("item_id",)}
+
+
+def conform(table: pa.Table, schema: pa.Schema, source: str) -> pa.Table:
+    """Cast ``table`` to ``schema``: required columns must exist, optional ones are filled with nulls.
+
+    Raises ValueError naming the source and the field on a missing required column or a failed cast.
+    """
+    kind = "interactions" if schema is INTERACTIONS else "items"
+    missing = [c for c in REQUIRED.get(kind, ()) if c not in table.column_names]
+    if schema is INTERACTIONS and "ts" not in table.column_names:
+        missing.append("ts")
+    if missing:
+        raise ValueError(f"{source}: missing required column(s) {missing}; found {table.column_names}")
+    columns = []
+    for field in schema:
+        if field.name not in table.column_names:
+            columns.append(pa.nulls(len(table), field.type))
+            continue
+        col = table.column(field.name)
+        try:
+            col = col.cast(field.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise ValueError(f"{source}: column {field.name!r} cannot be read as {field.type}: {e}") from e
+        if not field.nullable and col.null_count:
+            first = col.is_null().to_numpy(zero_copy_only=False).nonzero()[0][0]
+            raise ValueError(f"{source}: column {field.name!r} has {col.null_count} null value(s), first at row {first}")
+        columns.append(col)
+    return pa.Table.from_arrays(columns, schema=schema)

@@ -1,0 +1,33 @@
+"""String id <-> dense integer index, vectorised (pandas hash index)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+
+class Vocab:
+    """Ids in a fixed order; ``index`` maps ids to ``offset + position`` (-1 for unknown ids).
+
+    Items use offset 1 so that index 0 is free for padding in the models.
+    """
+
+    def __init__(self, ids, offset: int = 0):
+        self.ids = np.asarray(ids, dtype=object)
+        self.offset = offset
+        self._index = pd.Index(self.ids)
+        if not self._index.is_unique:
+            dup = self._index[self._index.duplicated()][0]
+            raise ValueError(f"duplicate id {dup!r} in vocabulary")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def index(self, values) -> np.ndarray:
+        if isinstance(values, (pa.Array, pa.ChunkedArray)):
+            values = values.to_numpy(zero_copy_only=False)
+        pos = self._index.get_indexer(np.asarray(values, dtype=object))
+        return np.where(pos >= 0, pos + self.offset, -1).astype(np.int64)
+
+    def lookup(self, indices: np.ndarray) -> np.ndarray:
+        return self.ids[np.asarray(indices) - self.offset]

@@ -1,0 +1,91 @@
+"""One evaluator for every scorer: full ranking (sequential) or 1 + N sampled candidates (direct)."""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from reasonrec.data.prepared import EvalSet, Sequences
+from reasonrec.metrics import hit_and_ndcg, target_rank
+from reasonrec.tools.base import Tool, exclude_seen
+
+TASKS = ("sequential", "direct")
+Scorer = Callable[[Sequences], torch.Tensor]
+
+
+@torch.no_grad()
+def rank_targets(scorer: Scorer, evalset: EvalSet, task: str, batch_size: int = 1024) -> np.ndarray:
+    """0-based rank of each user's held-out item."""
+    ranks = []
+    for lo in range(0, len(evalset.target), batch_size):
+        rows = np.arange(lo, min(lo + batch_size, len(evalset.target)))
+        history = evalset.history.select(rows)
+        scores = scorer(history)
+        if task == "sequential":
+            scores = exclude_seen(scores, history)
+            ranks.append(target_rank(scores, torch.from_numpy(evalset.target[rows])))
+        elif task == "direct":
+            cand = torch.from_numpy(evalset.candidates[rows])
+            picked = scores.gather(1, cand.clamp(min=0)).masked_fill(cand < 0, float("-inf"))
+            ranks.append(target_rank(picked, torch.zeros(len(rows), dtype=torch.long)))
+        else:
+            raise ValueError(f"unknown task {task!r}; use one of {TASKS}")
+    return torch.cat(ranks).numpy() if ranks else np.zeros(0, dtype=np.int64)
+
+
+def evaluate(scorer: Scorer, evalset: EvalSet, task: str) -> dict[str, float]:
+    return hit_and_ndcg(rank_targets(scorer, evalset, task))
+
+
+def tool_scorer(tool: Tool) -> Scorer:
+    tool.eval()
+    return tool.score
+
+
+def normalise(scores: torch.Tensor) -> torch.Tensor:
+    """Min-max per row over the finite entries, so that tools on different scales can be averaged."""
+    finite = torch.isfinite(scores)
+    low = scores.masked_fill(~finite, float("inf")).amin(dim=1, keepdim=True)
+    high = scores.masked_fill(~finite, float("-inf")).amax(dim=1, keepdim=True)
+    return ((scores - low) / (high - low).clamp(min=1e-12)).masked_fill(~finite, 0.0)
+
+
+def majority_vote(tools: Iterable[Tool]) -> Scorer:
+    """The paper's Majority Vote baseline: the mean of the tools' normalised scores."""
+    tools = list(tools)
+    for tool in tools:
+        tool.eval()
+
+    def score(history: Sequences) -> torch.Tensor:
+        return torch.stack([normalise(tool.score(history)) for tool in tools]).mean(dim=0)
+
+    return score
+
+
+def evaluate_bundle(data, bundle, task: str, split: str = "test", log=print) -> dict:
+    """Every tool of the bundle, popularity fitted on the same training data, and their Majority Vote."""
+    from reasonrec.tools import make_config, tool_class
+
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; use one of {TASKS}")
+    if list(bundle.item_ids()) != list(data.item_vocab.ids):
+        raise ValueError(f"bundle {bundle.uri} was trained on another item catalogue than {data.uri}")
+    evalset = data.eval_set(split)
+    tools = {name: bundle.load_tool(name) for name in bundle.tool_names}
+    results = {}
+    for name, tool in tools.items():
+        results[name] = evaluate(tool_scorer(tool), evalset, task)
+        log(f"{name:>12s} " + "  ".join(f"{k} {v:.4f}" for k, v in results[name].items()))
+    popularity = tool_class("pop")(make_config("pop"), data.n_items)
+    popularity.attach(data.train)
+    baselines = {"popularity": evaluate(tool_scorer(popularity), evalset, task)}
+    if len(tools) > 1:
+        baselines["majority_vote"] = evaluate(majority_vote(tools.values()), evalset, task)
+    for name, metrics in baselines.items():
+        log(f"{name:>12s} " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    return {
+        "task": task, "dataset": data.meta["dataset"], "split": split, "users": int(len(evalset.target)),
+        "bundle_version": bundle.version, "history_excluded": task == "sequential",
+        "tools": results, "baselines": baselines,
+    }

@@ -1,0 +1,58 @@
+"""Shared training for user-embedding models: BPR over (user, positive, uniformly sampled negative)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from reasonrec.data.prepared import Sequences
+from reasonrec.tools.base import Tool, ToolConfig
+
+
+@dataclasses.dataclass
+class PairwiseConfig(ToolConfig):
+    batch_size: int = 4096
+    lr: float = 1e-2
+    epochs: int = 100
+    eval_every: int = 5
+    patience: int = 3
+    val_task: str = "direct"
+    refit: bool = True
+    negatives: int = 4  # sampled negatives per positive
+
+
+class PairwiseTool(Tool):
+    """Subclasses implement ``embeddings() -> (user_table, item_table)``; item row 0 is padding."""
+
+    Config = PairwiseConfig
+
+    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def training_batches(self, train: Sequences, rng: np.random.Generator) -> Iterator[dict]:
+        users = torch.from_numpy(self.users.index(np.repeat(train.user_ids, train.lengths)))
+        items = torch.from_numpy(train.items)
+        order = torch.from_numpy(rng.permutation(len(items)))
+        for lo in range(0, len(order), self.config.batch_size):
+            idx = order[lo:lo + self.config.batch_size]
+            neg = torch.from_numpy(rng.integers(1, self.n_items + 1, size=(len(idx), self.config.negatives)))
+            yield {"users": users[idx], "pos": items[idx], "neg": neg}
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        user_table, item_table = self.embeddings()
+        u = user_table[batch["users"]]
+        pos = (u * item_table[batch["pos"]]).sum(-1, keepdim=True)
+        neg = torch.einsum("bd,bnd->bn", u, item_table[batch["neg"]])
+        return -F.logsigmoid(pos - neg).mean() + self.regularizer(batch)
+
+    def regularizer(self, batch: dict) -> torch.Tensor:
+        return torch.zeros(())
+
+    def score(self, history: Sequences) -> torch.Tensor:
+        user_table, item_table = self.embeddings()
+        rows, known = self.user_rows(history)
+        # Users unseen in training have no embedding: they get the zero vector (ties, broken by the caller).
+        return (user_table[rows] * known[:, None]) @ item_table.T

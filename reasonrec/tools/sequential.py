@@ -1,0 +1,57 @@
+"""Shared training/scoring for next-item models: full-softmax cross-entropy at every position."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from reasonrec.data.prepared import Sequences
+from reasonrec.tools.base import Tool, ToolConfig
+
+
+@dataclasses.dataclass
+class SequentialConfig(ToolConfig):
+    max_len: int = 50
+    dropout: float = 0.5
+
+
+class SequentialTool(Tool):
+    """Subclasses implement ``encode(seq) -> (B, L, dim)`` over left-padded item sequences."""
+
+    Config = SequentialConfig
+
+    def encode(self, seq: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def item_table(self) -> torch.Tensor:
+        return self.item_emb.weight
+
+    def training_batches(self, train: Sequences, rng: np.random.Generator) -> Iterator[dict]:
+        rows = np.flatnonzero(train.lengths >= 2)
+        rng.shuffle(rows)
+        # Batches of similar lengths (sorted within large shuffled windows) keep the padded grid small.
+        size = self.config.batch_size
+        window = size * 64
+        for lo in range(0, len(rows), window):
+            chunk = rows[lo:lo + window]
+            rows[lo:lo + window] = chunk[np.argsort(train.lengths[chunk], kind="stable")]
+        batches = [rows[lo:lo + size] for lo in range(0, len(rows), size)]
+        for i in rng.permutation(len(batches)):
+            seq = torch.from_numpy(train.padded(batches[i], self.config.max_len + 1))
+            yield {"inputs": seq[:, :-1], "targets": seq[:, 1:]}
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        inputs, targets = batch["inputs"], batch["targets"]
+        hidden = self.encode(inputs)
+        mask = (inputs > 0) & (targets > 0)
+        # Logits only where a target exists: on sparse data this skips most of the padded grid.
+        logits = hidden[mask] @ self.item_table()[1:].T
+        return F.cross_entropy(logits, targets[mask] - 1)
+
+    def score(self, history: Sequences) -> torch.Tensor:
+        seq = torch.from_numpy(history.padded(np.arange(len(history)), self.config.max_len))
+        last = self.encode(seq)[:, -1]
+        return last @ self.item_table().T

@@ -1,0 +1,73 @@
+"""The training loop shared by every tool; runs in-process (tests) or inside a Ray Train worker."""
+from __future__ import annotations
+
+import copy
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from reasonrec.data.prepared import EvalSet, Sequences
+from reasonrec.evaluate import evaluate
+from reasonrec.tools.base import Tool
+
+
+def fit(tool: Tool, train: Sequences, valid: EvalSet | None = None, *, refit_on: Sequences | None = None,
+        module: nn.Module | None = None, shard: tuple[int, int] = (0, 1), log: Callable = print) -> dict:
+    """Train ``tool`` on ``train``; early-stop on validation NDCG@10 and keep the best weights.
+
+    With ``tool.config.refit`` and ``refit_on`` (train + validation interactions), the chosen number of epochs is
+    then rerun from the initial weights on ``refit_on``. ``module`` is what the loss is computed through (``tool``
+    or its DDP wrapper); ``shard`` = (rank, world size) selects this worker's users.
+    """
+    cfg = tool.config
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed + shard[0])
+    initial = copy.deepcopy(tool.state_dict())
+    tool.attach(train)
+    best = {"epoch": 0}
+    if tool.trainable:
+        mine = lambda seqs: seqs.select(np.arange(shard[0], len(seqs), shard[1]))  # noqa: E731
+        best = _train(tool, module or tool, mine(train), valid, cfg.epochs, rng, log)
+        if cfg.refit and refit_on is not None and valid is not None:
+            log(f"[{tool.name}] refit on train+valid for {best['epoch']} epochs")
+            tool.load_state_dict(initial)
+            tool.attach(refit_on)
+            _train(tool, module or tool, mine(refit_on), None, best["epoch"], rng, log)
+    tool.finalize()
+    tool.eval()
+    return best
+
+
+def _train(tool, module, train, valid, epochs, rng, log) -> dict:
+    cfg = tool.config
+    optimizer = torch.optim.Adam(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    best, best_state, stale = {"epoch": 0, "NDCG@10": -1.0}, None, 0
+    for epoch in range(1, epochs + 1):
+        start, losses = time.perf_counter(), []
+        module.train()
+        for batch in tool.training_batches(train, rng):
+            optimizer.zero_grad(set_to_none=True)
+            loss = module(batch)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        metrics = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else 0.0}
+        if valid is not None and (epoch % cfg.eval_every == 0 or epoch == epochs):
+            tool.eval()
+            metrics.update(evaluate(tool.score, valid, cfg.val_task))
+            if metrics["NDCG@10"] > best["NDCG@10"]:
+                best, best_state, stale = dict(metrics), copy.deepcopy(tool.state_dict()), 0
+            else:
+                stale += 1
+        metrics["seconds"] = time.perf_counter() - start
+        if "NDCG@10" in metrics or epoch == epochs:
+                log(f"[{tool.name}] " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                             for k, v in metrics.items()))
+        if valid is not None and stale >= cfg.patience:
+            break
+    if best_state is not None:
+        tool.load_state_dict(best_state)
+    return best if valid is not None else {"epoch": epochs}

@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+
+from reasonrec.horizon import EvidenceHorizon, HorizonConfig
+
+
+def fitted(weight=0.0):
+    lengths = np.array([1, 2, 2, 3, 5, 8, 13, 40])
+    items = np.repeat(np.arange(1, 9), [10, 6, 4, 3, 2, 1, 1, 1])
+    return EvidenceHorizon.fit(lengths, items, 10, HorizonConfig(item_weight=weight))
+
+
+def csr(histories):
+    lengths = np.array([len(h) for h in histories])
+    return lengths, np.concatenate([[0], np.cumsum(lengths)]), np.array([i for h in histories for i in h], dtype=np.int64)
+
+
+def test_more_history_means_lower_horizon_and_unseen_is_one():
+    h = fitted()
+    c = h.apply(*csr([[], [1], [1, 2, 3], [1] * 40, [1] * 100]))
+    assert c[0] == 1.0
+    assert c[1] > c[2] > c[3] >= c[4] >= 0.0
+    assert np.all((c >= 0) & (c <= 1))
+
+
+def test_item_coldness_raises_horizon_and_unknown_items_count_cold():
+    h = fitted(weight=0.5)
+    popular, rare, unknown = h.apply(*csr([[1, 1], [8, 7], [-1, -1]]))
+    assert rare > popular and unknown >= rare
+
+
+def test_routes_and_json_round_trip():
+    h = fitted(0.25)
+    assert h.route(np.array([0.1, 0.3, 0.7, 0.71])).tolist() == ["low", "medium", "medium", "high"]
+    again = EvidenceHorizon.from_json(h.to_json())
+    hist = csr([[1, 2], [3], [5, 6, 7, 8]])
+    assert np.array_equal(h.apply(*hist), again.apply(*hist))
+
+
+def test_bad_thresholds_rejected():
+    with pytest.raises(ValueError, match="tau_low"):
+        HorizonConfig(tau_low=0.8, tau_high=0.2)

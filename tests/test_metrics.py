@@ -1,0 +1,30 @@
+import numpy as np
+import pytest
+import torch
+
+from reasonrec.metrics import hit_and_ndcg, target_rank
+
+
+def test_target_rank_counts_strictly_better_items():
+    scores = torch.tensor([[0.1, 0.9, 0.5, float("-inf")], [3.0, 2.0, 1.0, 0.0]])
+    assert target_rank(scores, torch.tensor([2, 0])).tolist() == [1, 0]
+
+
+def test_hit_and_ndcg_hand_computed():
+    m = hit_and_ndcg(np.array([0, 1, 4, 5, 20]))
+    assert m["HR@5"] == pytest.approx(3 / 5)
+    assert m["NDCG@5"] == pytest.approx((1 + 1 / np.log2(3) + 1 / np.log2(6)) / 5)
+    assert m["HR@10"] == pytest.approx(4 / 5)
+    assert m["NDCG@10"] == pytest.approx((1 + 1 / np.log2(3) + 1 / np.log2(6) + 1 / np.log2(7)) / 5)
+
+
+def test_ndcg_agrees_with_scikit_learn():
+    from sklearn.metrics import ndcg_score
+
+    rng = np.random.default_rng(0)
+    scores = rng.random((50, 30))
+    target = rng.integers(0, 30, 50)
+    relevance = np.zeros_like(scores)
+    relevance[np.arange(50), target] = 1
+    ranks = target_rank(torch.from_numpy(scores), torch.from_numpy(target)).numpy()
+    assert hit_and_ndcg(ranks, ks=(10,))["NDCG@10"] == pytest.approx(ndcg_score(relevance, scores, k=10))

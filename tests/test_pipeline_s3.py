@@ -1,0 +1,50 @@
+"""prepare -> train-tools (Ray Train) -> evaluate, all through s3:// on a 127.0.0.1 S3 server."""
+import json
+
+import pytest
+
+from reasonrec import storage
+from reasonrec.bundle import Bundle
+from reasonrec.cli import main
+
+
+def test_cli_end_to_end_on_s3(ray_session, s3_endpoint, synthetic_raw, tmp_path, capsys):
+    data, bundle = "s3://rr/pipeline/data", "s3://rr/pipeline/bundle"
+    assert main(["prepare", "--source", synthetic_raw, "--format", "parquet", "--out", data]) == 0
+    assert storage.exists(storage.join(data, "meta.json"))
+
+    config = tmp_path / "tools.yaml"
+    config.write_text("cpus_per_worker: 0.5\noverrides:\n  sasrec: {epochs: 8}\n  bprmf: {epochs: 20}\n")
+    assert main(["train-tools", "--data", data, "--bundle", bundle, "--tools", "sasrec,bprmf",
+                 "--config", str(config)]) == 0
+    manifest = Bundle(bundle).manifest
+    assert sorted(manifest["tools"]) == ["bprmf", "sasrec"]
+    assert {"tools/sasrec/model.safetensors", "tools/sasrec/config.json", "horizon.json",
+            "vocab/items.json"} <= set(manifest["files"])
+
+    out = "s3://rr/pipeline/eval.json"
+    assert main(["evaluate", "--data", data, "--bundle", bundle, "--task", "direct", "--json", out]) == 0
+    report = json.loads(storage.read_bytes(out))
+    assert report["task"] == "direct" and set(report["tools"]) == {"sasrec", "bprmf"}
+    assert set(report["baselines"]) == {"popularity", "majority_vote"}
+    for metrics in report["tools"].values():
+        assert set(metrics) == {"HR@5", "NDCG@5", "HR@10", "NDCG@10"}
+    assert report["tools"]["bprmf"]["HR@5"] > report["baselines"]["popularity"]["HR@5"]
+
+
+def test_cli_reports_bad_input_clearly(tmp_path, capsys):
+    (tmp_path / "seq.txt").write_text("1 2 3\n7 a 9\n")
+    assert main(["prepare", "--source", str(tmp_path / "seq.txt"), "--format", "amazon-seq",
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "seq.txt:2: id 'a' is not a non-negative integer" in err
+    assert not (tmp_path / "out").exists()
+    assert main(["evaluate", "--data", str(tmp_path / "nothing"), "--bundle", str(tmp_path / "b"),
+                 "--task", "direct"]) == 2
+    assert "not a prepared dataset" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("uri", ["gs://bucket/x", "hdfs://x"])
+def test_unsupported_scheme(uri):
+    with pytest.raises(ValueError, match="unsupported storage URI scheme"):
+        storage.resolve(uri)

@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+import torch
+
+from reasonrec.evaluate import evaluate, majority_vote, tool_scorer
+from reasonrec.tools import REGISTRY, Tool, exclude_seen, make_config, tool_class
+from reasonrec.train.loop import fit
+
+SMALL_DATA = {"sasrec": {"batch_size": 64, "lr": 3e-3, "dropout": 0.3}, "gru4rec": {"batch_size": 64, "lr": 3e-3},
+              "bprmf": {"batch_size": 512}, "lightgcn": {"batch_size": 512}}
+# Each tool must beat popularity on the task it is built for.
+TASK_OF = {"sasrec": "sequential", "gru4rec": "sequential", "bprmf": "direct", "lightgcn": "direct"}
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_data):
+    torch.set_num_threads(2)
+    tools = {}
+    for name in ["pop", *TASK_OF]:
+        tool = tool_class(name)(make_config(name, {"epochs": 30, "patience": 3, **SMALL_DATA[name]} if name != "pop" else None), synthetic_data.n_items,
+                                synthetic_data.train.user_ids)
+        fit(tool, synthetic_data.train, synthetic_data.eval_set("valid"), refit_on=synthetic_data.train_and_valid,
+            log=lambda *_: None)
+        tools[name] = tool
+    return tools
+
+
+def test_registry_has_the_required_tools():
+    assert {"sasrec", "gru4rec", "bprmf", "lightgcn", "pop"} <= set(REGISTRY)
+    with pytest.raises(ValueError, match="unknown tool 'nope'"):
+        tool_class("nope")
+    with pytest.raises(ValueError, match="unknown config field"):
+        make_config("sasrec", {"layerz": 3})
+
+
+@pytest.mark.parametrize("name", list(TASK_OF))
+def test_tool_beats_popularity(trained, synthetic_data, name):
+    test = synthetic_data.eval_set("test")
+    task = TASK_OF[name]
+    mine = evaluate(tool_scorer(trained[name]), test, task)
+    pop = evaluate(tool_scorer(trained["pop"]), test, task)
+    assert mine["NDCG@10"] > pop["NDCG@10"] * 1.1, (name, mine, pop)
+
+
+@pytest.mark.parametrize("name", ["pop", *TASK_OF])
+def test_save_load_round_trip(trained, synthetic_data, tmp_path, name):
+    tool = trained[name]
+    tool.save(tmp_path)
+    again = Tool.load(tmp_path)
+    history = synthetic_data.eval_set("test").history.select(np.arange(20))
+    with torch.no_grad():
+        assert torch.allclose(tool.score(history), again.score(history))
+
+
+def test_scores_are_full_catalogue_and_history_is_excluded(trained, synthetic_data):
+    history = synthetic_data.eval_set("test").history.select(np.arange(8))
+    scores = exclude_seen(trained["sasrec"].score(history), history)
+    assert scores.shape == (8, synthetic_data.n_items + 1)
+    assert torch.isinf(scores[:, 0]).all()
+    rows = np.repeat(np.arange(8), history.lengths)
+    assert torch.isinf(scores[rows, history.items]).all()
+
+
+def test_unknown_user_gets_a_finite_score(trained, synthetic_data):
+    history = synthetic_data.eval_set("test").history.select(np.arange(2))
+    history.user_ids = np.array(["never-seen", "also-new"], dtype=object)
+    for name in ("bprmf", "lightgcn"):
+        assert torch.isfinite(trained[name].score(history)[:, 1:]).all()
+
+
+def test_majority_vote_is_the_mean_of_normalised_scores(trained, synthetic_data):
+    history = synthetic_data.eval_set("test").history.select(np.arange(4))
+    vote = majority_vote([trained["sasrec"], trained["bprmf"]])(history)
+    assert vote.shape == (4, synthetic_data.n_items + 1)
+    assert float(vote.min()) >= 0.0 and float(vote.max()) <= 1.0
