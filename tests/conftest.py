@@ -21,7 +21,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def s3_endpoint():
-    """A real S3 HTTP endpoint on 127.0.0.1 (moto's threaded server) with a bucket ``rr``."""
+    """A real S3 HTTP endpoint on 127.0.0.1 (moto's threaded server) with a bucket ``reasonrec-test``."""
     import boto3
     from moto.server import ThreadedMotoServer
 
@@ -30,7 +30,7 @@ def s3_endpoint():
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
     os.environ["AWS_ENDPOINT_URL"] = endpoint
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="rr")
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="reasonrec-test")
     yield endpoint
     server.stop()
 

@@ -9,7 +9,7 @@ from reasonrec.cli import main
 
 
 def test_cli_end_to_end_on_s3(ray_session, s3_endpoint, synthetic_raw, tmp_path, capsys):
-    data, bundle = "s3://rr/pipeline/data", "s3://rr/pipeline/bundle"
+    data, bundle = "s3://reasonrec-test/pipeline/data", "s3://reasonrec-test/pipeline/bundle"
     assert main(["prepare", "--source", synthetic_raw, "--format", "parquet", "--out", data]) == 0
     assert storage.exists(storage.join(data, "meta.json"))
 
@@ -22,7 +22,7 @@ def test_cli_end_to_end_on_s3(ray_session, s3_endpoint, synthetic_raw, tmp_path,
     assert {"tools/sasrec/model.safetensors", "tools/sasrec/config.json", "horizon.json",
             "vocab/items.json"} <= set(manifest["files"])
 
-    out = "s3://rr/pipeline/eval.json"
+    out = "s3://reasonrec-test/pipeline/eval.json"
     assert main(["evaluate", "--data", data, "--bundle", bundle, "--task", "direct", "--json", out]) == 0
     report = json.loads(storage.read_bytes(out))
     assert report["task"] == "direct" and set(report["tools"]) == {"sasrec", "bprmf"}
@@ -48,3 +48,14 @@ def test_cli_reports_bad_input_clearly(tmp_path, capsys):
 def test_unsupported_scheme(uri):
     with pytest.raises(ValueError, match="unsupported storage URI scheme"):
         storage.resolve(uri)
+
+
+def test_two_ddp_workers_train_on_fractional_cpus(ray_session, synthetic_data, tmp_path):
+    from reasonrec.train.tools import TrainToolsConfig, train_tools
+
+    config = TrainToolsConfig(tools=("bprmf",), workers=2, cpus_per_worker=0.25, threads=1,
+                              overrides={"bprmf": {"epochs": 10, "batch_size": 512}})
+    manifest = train_tools(synthetic_data.uri, str(tmp_path / "bundle"), config)
+    assert manifest["tools"]["bprmf"]["metrics"]["epoch"] >= 5
+    tool = Bundle(str(tmp_path / "bundle")).load_tool("bprmf")
+    assert tool.n_items == synthetic_data.n_items

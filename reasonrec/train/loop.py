@@ -48,7 +48,8 @@ def _train(tool, module, train, valid, epochs, rng, log) -> dict:
     for epoch in range(1, epochs + 1):
         start, losses = time.perf_counter(), []
         module.train()
-        for batch in tool.training_batches(train, rng):
+        batches = list(tool.training_batches(train, rng))
+        for batch in batches[:_common_count(len(batches))]:
             optimizer.zero_grad(set_to_none=True)
             loss = module(batch)
             loss.backward()
@@ -71,3 +72,12 @@ def _train(tool, module, train, valid, epochs, rng, log) -> dict:
     if best_state is not None:
         tool.load_state_dict(best_state)
     return best if valid is not None else {"epoch": epochs}
+
+
+def _common_count(n_batches: int) -> int:
+    """Under DDP every rank must run the same number of steps, or the last all-reduce waits forever."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return n_batches
+    count = torch.tensor([n_batches])
+    torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MIN)
+    return int(count.item())

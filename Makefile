@@ -1,0 +1,26 @@
+# Set-up on a fresh machine is part of each target: the virtualenv is created when missing.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export RAY_AUTH_MODE ?= disabled
+
+.PHONY: demo test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU build of torch first (on the developers' machines it lies on local disk), then the project.
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/reasonrec demo --out demo_output
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/score_tools.py
+
+clean:
+	rm -rf demo_output .pytest_cache
