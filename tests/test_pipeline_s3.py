@@ -22,6 +22,14 @@ def test_cli_end_to_end_on_s3(ray_session, s3_endpoint, synthetic_raw, tmp_path,
     assert {"tools/sasrec/model.safetensors", "tools/sasrec/config.json", "horizon.json",
             "vocab/items.json"} <= set(manifest["files"])
 
+    from reasonrec.data.prepared import PreparedData
+    from reasonrec.horizon import EvidenceHorizon
+
+    horizon = EvidenceHorizon.from_json(Bundle(bundle).read("horizon.json"))
+    history = PreparedData(data).eval_set("test").history
+    routes = horizon.route(horizon.apply(history.lengths, history.offsets, history.items))
+    assert set(routes) == {"low", "medium", "high"}  # a long-tailed catalogue has all three risk levels
+
     out = "s3://reasonrec-test/pipeline/eval.json"
     assert main(["evaluate", "--data", data, "--bundle", bundle, "--task", "direct", "--json", out]) == 0
     report = json.loads(storage.read_bytes(out))
@@ -59,3 +67,14 @@ def test_two_ddp_workers_train_on_fractional_cpus(ray_session, synthetic_data, t
     assert manifest["tools"]["bprmf"]["metrics"]["epoch"] >= 5
     tool = Bundle(str(tmp_path / "bundle")).load_tool("bprmf")
     assert tool.n_items == synthetic_data.n_items
+
+
+def test_train_tools_config_errors_name_the_field(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("overrides:\n  sasrec: {layerz: 3}\n")
+    args = ["train-tools", "--data", str(tmp_path), "--bundle", str(tmp_path / "b"), "--config", str(config)]
+    assert main(args) == 2
+    assert "sasrec: unknown config field(s) ['layerz']" in capsys.readouterr().err
+    config.write_text("tools: [sasrec, nope]\n")
+    assert main(args) == 2
+    assert "unknown tool 'nope'" in capsys.readouterr().err

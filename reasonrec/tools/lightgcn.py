@@ -43,7 +43,8 @@ class LightGCN(PairwiseTool):
         cols = np.concatenate([items, users])
         n = n_users + self.n_items + 1
         degree = np.bincount(rows, minlength=n).astype(np.float32)
-        inv_sqrt = np.where(degree > 0, degree ** -0.5, 0.0).astype(np.float32)
+        inv_sqrt = np.zeros(n, dtype=np.float32)
+        np.power(degree, -0.5, out=inv_sqrt, where=degree > 0)
         values = inv_sqrt[rows] * inv_sqrt[cols]
         self.graph = torch.sparse_coo_tensor(np.stack([rows, cols]), values, (n, n)).coalesce().to_sparse_csr()
 
@@ -68,6 +69,3 @@ class LightGCN(PairwiseTool):
             self.item_final.copy_(items)
         self.graph = None
 
-    def regularizer(self, batch: dict) -> torch.Tensor:
-        used = [self.user_emb(batch["users"]), self.item_emb(batch["pos"]), self.item_emb(batch["neg"])]
-        return self.config.reg * sum(e.pow(2).sum() for e in used) / len(batch["users"])

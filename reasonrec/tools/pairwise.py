@@ -22,10 +22,12 @@ class PairwiseConfig(ToolConfig):
     val_task: str = "direct"
     refit: bool = True
     negatives: int = 4  # sampled negatives per positive
+    reg: float = 1e-3  # L2 on the ego embeddings used in each batch
 
 
 class PairwiseTool(Tool):
-    """Subclasses implement ``embeddings() -> (user_table, item_table)``; item row 0 is padding."""
+    """Subclasses own ``user_emb``/``item_emb`` and implement ``embeddings() -> (user_table, item_table)``
+    (the tables scores are computed from); item row 0 is padding."""
 
     Config = PairwiseConfig
 
@@ -49,7 +51,8 @@ class PairwiseTool(Tool):
         return -F.logsigmoid(pos - neg).mean() + self.regularizer(batch)
 
     def regularizer(self, batch: dict) -> torch.Tensor:
-        return torch.zeros(())
+        used = [self.user_emb(batch["users"]), self.item_emb(batch["pos"]), self.item_emb(batch["neg"])]
+        return self.config.reg * sum(e.pow(2).sum() for e in used) / len(batch["users"])
 
     def score(self, history: Sequences) -> torch.Tensor:
         user_table, item_table = self.embeddings()

@@ -6,7 +6,6 @@ import json
 import tempfile
 import time
 
-import numpy as np
 
 from reasonrec.bundle import BundleWriter
 from reasonrec.data.prepared import PreparedData
