@@ -64,7 +64,7 @@ def _train(tool, module, train, valid, epochs, rng, log) -> dict:
             else:
                 stale += 1
         metrics["seconds"] = time.perf_counter() - start
-        if "NDCG@10" in metrics or epoch == epochs:
+        if epoch % cfg.eval_every == 0 or epoch == epochs:
                 log(f"[{tool.name}] " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                              for k, v in metrics.items()))
         if valid is not None and stale >= cfg.patience:
