@@ -22,6 +22,12 @@ def join(uri: str, *parts: str) -> str:
     return posixpath.join(uri.rstrip("/"), *parts)
 
 
+def absolute(uri: str) -> str:
+    """The same location, independent of the working directory (Ray workers run elsewhere)."""
+    scheme = urlparse(uri).scheme
+    return uri if scheme and len(scheme) > 1 else os.path.abspath(uri)
+
+
 def is_remote(uri: str) -> bool:
     return urlparse(uri).scheme == "s3"
 

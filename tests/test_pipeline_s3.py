@@ -1,5 +1,6 @@
 """prepare -> train-tools (Ray Train) -> evaluate, all through s3:// on a 127.0.0.1 S3 server."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -58,12 +59,14 @@ def test_unsupported_scheme(uri):
         storage.resolve(uri)
 
 
-def test_two_ddp_workers_train_on_fractional_cpus(ray_session, synthetic_data, tmp_path):
+def test_two_ddp_workers_train_on_fractional_cpus(ray_session, synthetic_data, tmp_path, monkeypatch):
     from reasonrec.train.tools import TrainToolsConfig, train_tools
 
     config = TrainToolsConfig(tools=("bprmf",), workers=2, cpus_per_worker=0.25, threads=1,
                               overrides={"bprmf": {"epochs": 10, "batch_size": 512}})
-    manifest = train_tools(synthetic_data.uri, str(tmp_path / "bundle"), config)
+    # A relative data path must still resolve inside Ray workers, whose working directory differs.
+    monkeypatch.chdir(Path(synthetic_data.uri).parent)
+    manifest = train_tools(Path(synthetic_data.uri).name, str(tmp_path / "bundle"), config)
     assert manifest["tools"]["bprmf"]["metrics"]["epoch"] >= 5
     tool = Bundle(str(tmp_path / "bundle")).load_tool("bprmf")
     assert tool.n_items == synthetic_data.n_items

@@ -7,6 +7,7 @@ import tempfile
 import time
 
 
+from reasonrec import storage
 from reasonrec.bundle import BundleWriter
 from reasonrec.data.prepared import PreparedData
 from reasonrec.horizon import EvidenceHorizon, HorizonConfig
@@ -69,8 +70,9 @@ def train_tools(data_uri: str, bundle_uri: str, config: TrainToolsConfig, log=pr
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    data_uri = storage.absolute(data_uri)
     data = PreparedData(data_uri)
-    storage_path = config.storage_path or tempfile.mkdtemp(prefix="reasonrec-train-")
+    storage_path = storage.absolute(config.storage_path or tempfile.mkdtemp(prefix="reasonrec-train-"))
     with BundleWriter(bundle_uri) as writer:
         for name in config.tools:
             start = time.perf_counter()
