@@ -8,6 +8,7 @@ is refused. Only safetensors and JSON are read: nothing is unpickled.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shutil
 import tempfile
 import uuid
@@ -53,7 +54,6 @@ class Bundle:
         return data
 
     def item_ids(self) -> np.ndarray:
-        import json
         return np.array(json.loads(self.read("vocab/items.json")), dtype=object)
 
     def load_tool(self, name: str) -> Tool:

@@ -145,7 +145,9 @@ class PreparedData:
     def table(self, name: str) -> pa.Table:
         if name not in TABLES:
             raise KeyError(name)
-        return self._tables.setdefault(name, storage.read_parquet(storage.join(self.uri, f"{name}.parquet")))
+        if name not in self._tables:
+            self._tables[name] = storage.read_parquet(storage.join(self.uri, f"{name}.parquet"))
+        return self._tables[name]
 
     @cached_property
     def _tables(self) -> dict:
