@@ -59,11 +59,6 @@ def exists(uri: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
-def makedirs(uri: str) -> None:
-    fs, path = resolve(uri)
-    if isinstance(fs, pafs.LocalFileSystem):
-        fs.create_dir(path, recursive=True)
-
 
 def read_bytes(uri: str) -> bytes:
     fs, path = resolve(uri)
@@ -134,13 +129,6 @@ def upload_dir(local_dir: str | Path, uri: str) -> list[str]:
         copied.append(rel)
     return copied
 
-
-def download_dir(uri: str, local_dir: str | Path) -> None:
-    local_dir = Path(local_dir)
-    for rel in list_files(uri):
-        target = local_dir / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(read_bytes(join(uri, rel)))
 
 
 def sha256(data: bytes) -> str:
