@@ -68,37 +68,78 @@ def cmd_train_tools(args) -> dict:
 def cmd_evaluate(args) -> dict:
     from reasonrec.bundle import Bundle
     from reasonrec.data.prepared import PreparedData
-    from reasonrec.evaluate import evaluate_bundle
+    from reasonrec.evaluate import evaluate_bundle, evaluate_results
 
-    report = evaluate_bundle(PreparedData(args.data), Bundle(args.bundle), args.task, args.split)
+    if (args.bundle is None) == (args.results is None):
+        raise ValueError("evaluate needs exactly one of --bundle (score the tools) or --results (a committed run)")
+    if args.results:
+        from reasonrec.batch.commit import read_committed
+
+        results = read_committed(storage.absolute(args.results), args.run_date)
+        report = evaluate_results(results, PreparedData(args.data), args.task, args.split)
+        print(f"committed results, {report['task']} ({report['results']} rows): "
+              + "  ".join(f"{k} {v:.4f}" for k, v in report["metrics"].items()))
+    else:
+        report = evaluate_bundle(PreparedData(args.data), Bundle(args.bundle), args.task, args.split)
     if args.json:
         storage.write_json(args.json, report)
         print(f"wrote {args.json}")
     return report
 
 
+def cmd_requests(args) -> dict:
+    from reasonrec.batch.requests import requests_for_split, write_requests
+    from reasonrec.data.prepared import PreparedData
+
+    import pyarrow as pa
+
+    data = PreparedData(args.data)
+    table = pa.concat_tables([requests_for_split(data, args.split, task, args.k, seed=args.seed)
+                              for task in args.tasks.split(",")])
+    shards = write_requests(table, args.out, shard_rows=args.shard_rows)
+    print(f"wrote {table.num_rows} requests ({args.tasks}, k={args.k}, {args.split} split) "
+          f"in {len(shards)} shard(s) -> {args.out}")
+    return {"rows": table.num_rows, "shards": shards}
+
+
+def cmd_score(args) -> dict:
+    from jobs.nightly_score import run
+
+    return run(args)
+
+
 def cmd_demo(args) -> dict:
-    """The embedded default: synthetic catalogue -> prepare -> train tools -> evaluate, under one folder."""
+    """The embedded default: synthetic catalogue -> prepare -> train tools -> nightly job -> summary."""
     start = time.perf_counter()
     root = args.out
-    raw, data, bundle = (storage.join(root, p) for p in ("raw", "data", "bundle"))
+    raw, data, bundle, requests, results = (storage.join(root, p)
+                                            for p in ("raw", "data", "bundle", "requests", "results"))
     ns = argparse.Namespace
     cmd_synth(ns(out=raw, users=args.users, items=args.items, seed=args.seed))
     cmd_prepare(ns(source=raw, format="parquet", out=data, min_len=3, negatives=99, seed=12345))
     config = args.config or str(Path(__file__).parent / "configs" / "demo_tools.yaml")
     cmd_train_tools(ns(data=data, bundle=bundle, config=config, tools=None, workers=None,
                        cpus_per_worker=None, threads=None, storage_path=None, epochs=None))
-    reports = {task: cmd_evaluate(ns(data=data, bundle=bundle, task=task, split="test",
-                                     json=storage.join(root, f"eval_{task}.json")))
-               for task in ("sequential", "direct")}
+    cmd_requests(ns(data=data, out=requests, split="test", tasks="sequential,direct", k=10, shard_rows=1000,
+                    seed=0))
+    manifest = cmd_score(ns(requests=requests, bundle=bundle, output=results, run_date=None, force=True,
+                            batch_size=None, tool_actors=None, config=None))
+    tools_eval = {task: cmd_evaluate(ns(data=data, bundle=bundle, results=None, run_date=None, task=task,
+                                        split="test", json=storage.join(root, f"eval_{task}.json")))
+                  for task in ("sequential", "direct")}
+    batch_eval = {task: cmd_evaluate(ns(data=data, bundle=None, results=results, run_date=manifest["run_date"],
+                                        task=task, split="test", json=None))
+                  for task in ("sequential", "direct")}
     print("\n== ReasonRec demo summary (test split) ==")
-    for task, report in reports.items():
-        print(f"{task} ({report['users']} users):")
+    for task, report in tools_eval.items():
+        primary = manifest["config"]["primary"][task]
+        print(f"{task} ({report['users']} users), every tool in the bundle:")
         for name, m in {**report["tools"], **report["baselines"]}.items():
-            print(f"  {name:>14s}  HR@5 {m['HR@5']:.4f}  NDCG@5 {m['NDCG@5']:.4f}  "
-                  f"HR@10 {m['HR@10']:.4f}  NDCG@10 {m['NDCG@10']:.4f}")
+            print(f"  {name:>14s}  " + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
+        print(f"  {'nightly job':>14s}  " + "  ".join(f"{k} {v:.4f}" for k, v in batch_eval[task]["metrics"].items())
+              + f"   (committed results; answered by {primary})")
     print(f"outputs under {root}; finished in {time.perf_counter() - start:.0f}s")
-    return reports
+    return {"manifest": manifest, "tools": tools_eval, "batch": batch_eval}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,9 +177,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="max epochs for every tool")
     p.set_defaults(func=cmd_train_tools)
 
-    p = sub.add_parser("evaluate", help="HR/NDCG@5/10 of every bundle tool, popularity and Majority Vote")
+    p = sub.add_parser("requests", help="write request shards (one row per evaluated user and task) from a split")
     p.add_argument("--data", required=True)
-    p.add_argument("--bundle", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--split", default="test", choices=("valid", "test"))
+    p.add_argument("--tasks", default="sequential", help="comma-separated: sequential,direct,ctr,explain")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--shard-rows", type=int, default=5000)
+    p.add_argument("--seed", type=int, default=0, help="shuffles each direct request's candidates")
+    p.set_defaults(func=cmd_requests)
+
+    from jobs.nightly_score import add_arguments
+
+    p = sub.add_parser("score", help="the nightly scoring job (same as jobs/nightly_score.py)")
+    add_arguments(p)
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("evaluate", help="HR/NDCG@5/10 of the bundle's tools (--bundle) or of committed results")
+    p.add_argument("--data", required=True)
+    p.add_argument("--bundle", help="score every tool of this bundle, popularity and Majority Vote")
+    p.add_argument("--results", help="evaluate the committed batch results under this output root")
+    p.add_argument("--run-date", help="with --results: the run date (default: the latest committed)")
     p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--split", default="test", choices=("valid", "test"))
     p.add_argument("--json")

@@ -89,3 +89,50 @@ def evaluate_bundle(data, bundle, task: str, split: str = "test", log=print) -> 
         "bundle_version": bundle.version, "history_excluded": task == "sequential",
         "tools": results, "baselines": baselines,
     }
+
+
+def ranks_from_results(results, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """0-based rank of each user's target within their ``ranked`` list, by the evaluator's rule.
+
+    ``users``/``items`` give each target (aligned arrays); the rank counts listed items that score strictly
+    higher than the target, as ``target_rank`` does. A target missing from the list ranks after it.
+    """
+    import pyarrow.compute as pc
+
+    from reasonrec.data.vocab import Vocab
+
+    row_of = Vocab(results.column("user_id").to_numpy(zero_copy_only=False)).index(users)
+    if (row_of < 0).any():
+        missing = np.asarray(users, dtype=object)[row_of < 0]
+        raise ValueError(f"{len(missing)} evaluated user(s) have no result, e.g. {missing[0]!r}")
+    ranked = results.column("ranked").combine_chunks().take(row_of)
+    lengths = pc.list_value_length(ranked).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = pc.list_flatten(ranked)
+    parent = np.repeat(np.arange(len(lengths)), lengths)
+    listed = flat.field("item_id").to_numpy(zero_copy_only=False)
+    scores = flat.field("score").to_numpy(zero_copy_only=False)
+    is_target = listed == np.asarray(items, dtype=object)[parent]
+    target_score = np.full(len(lengths), np.nan)
+    target_score[parent[is_target]] = scores[is_target]
+    above = np.bincount(parent[scores > target_score[parent]], minlength=len(lengths))
+    return np.where(np.isnan(target_score), lengths, above)
+
+
+def evaluate_results(results, data, task: str, split: str = "test") -> dict:
+    """HR/NDCG of committed batch results against the split's held-out items (cutoffs up to the smallest k)."""
+    import pyarrow.compute as pc
+
+    rows = results.filter(pc.equal(results.column("task"), task))
+    # A user asked twice is evaluated once (the first answer): the requests decide duplicates, not the metric.
+    _, first = np.unique(rows.column("user_id").to_numpy(zero_copy_only=False).astype(str), return_index=True)
+    targets = data.table(split)
+    report = {"task": task, "split": split, "users": int(targets.num_rows), "results": int(rows.num_rows),
+              "duplicates": int(rows.num_rows - len(first))}
+    rows = rows.take(np.sort(first))
+    if rows.num_rows == 0:
+        raise ValueError(f"no committed results for task {task!r}")
+    ranks = ranks_from_results(rows, users=targets.column("user_id").to_numpy(zero_copy_only=False),
+                               items=targets.column("item_id").to_numpy(zero_copy_only=False))
+    shortest = int(pc.min(pc.list_value_length(rows.column("ranked"))).as_py() or 0)
+    report["metrics"] = hit_and_ndcg(ranks, ks=[k for k in (5, 10) if k <= shortest] or [shortest])
+    return report

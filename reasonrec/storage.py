@@ -130,6 +130,22 @@ def upload_dir(local_dir: str | Path, uri: str) -> list[str]:
     return copied
 
 
-
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def parquet_rows(uri: str) -> int | None:
+    """Row count from a parquet file's footer, or None when the footer cannot be read."""
+    fs, path = resolve(uri)
+    try:
+        with fs.open_input_file(path) as f:
+            return pq.ParquetFile(f).metadata.num_rows
+    except (OSError, pa.ArrowException):
+        return None
+
+
+def worker_env() -> dict[str, str]:
+    """The storage settings of this process, for Ray workers started elsewhere (``runtime_env``)."""
+    names = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+             "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION")
+    return {name: os.environ[name] for name in names if name in os.environ}

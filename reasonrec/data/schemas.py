@@ -55,3 +55,40 @@ def conform(table: pa.Table, schema: pa.Schema, source: str) -> pa.Table:
             raise ValueError(f"{source}: column {field.name!r} has {col.null_count} null value(s), first at row {first}")
         columns.append(col)
     return pa.Table.from_arrays(columns, schema=schema)
+
+TASKS = ("sequential", "direct", "ctr", "explain")
+
+# One row per user to score. ``history`` (item ids, oldest first) extends DESIGN §3: each request carries the
+# evidence it is scored on, so the job streams without a join; null means an unknown user.
+REQUESTS = pa.schema([
+    pa.field("user_id", pa.string()),
+    pa.field("task", pa.string()),
+    pa.field("candidates", pa.list_(pa.string())),  # null: retrieve from the full catalogue
+    pa.field("k", pa.int32()),
+    pa.field("history", pa.list_(pa.string())),
+])
+REQUIRED_REQUEST_COLUMNS = ("user_id", "task", "k")
+
+RANKED = pa.list_(pa.struct([pa.field("item_id", pa.string()), pa.field("score", pa.float32())]))
+
+RESULTS = pa.schema([
+    pa.field("run_id", pa.string()),
+    pa.field("user_id", pa.string()),
+    pa.field("task", pa.string()),
+    pa.field("route", pa.string()),
+    pa.field("horizon", pa.float32()),
+    pa.field("confidence", pa.float32()),
+    pa.field("ranked", RANKED),
+    pa.field("tools", pa.list_(pa.string())),
+    pa.field("trace", pa.string()),
+    pa.field("model_version", pa.string()),
+    pa.field("latency_ms", pa.float32()),
+])
+
+QUARANTINE = pa.schema([
+    pa.field("input", pa.string()),  # the input row as JSON text
+    pa.field("source", pa.string()),  # shard URI and row number
+    pa.field("stage", pa.string()),
+    pa.field("reason", pa.string()),
+    pa.field("run_id", pa.string()),
+])

@@ -90,10 +90,14 @@ def train_tools(data_uri: str, bundle_uri: str, config: TrainToolsConfig, log=pr
                 best = json.loads(open(f"{folder}/best.json").read())
                 writer.add_tool(name, folder, {**best, "train_seconds": round(time.perf_counter() - start, 1)})
             log(f"{name}: best epoch {best.get('epoch')} valid NDCG@10 {best.get('NDCG@10', float('nan')):.4f}")
-        horizon = EvidenceHorizon.fit(data.train.lengths, data.train.items, data.n_items, config.horizon)
-        writer.add_file("horizon.json", horizon.to_json().encode())
-        writer.add_file("vocab/items.json", json.dumps(data.item_vocab.ids.tolist()).encode())
-        writer.update(data={"uri": data_uri, **{k: data.meta[k] for k in ("dataset", "fingerprint", "items")}},
-                      horizon={"tau_low": config.horizon.tau_low, "tau_high": config.horizon.tau_high,
-                               "item_weight": config.horizon.item_weight})
+        add_data_files(writer, data, config.horizon)
         return writer.commit()
+
+
+def add_data_files(writer: BundleWriter, data: PreparedData, horizon_config: HorizonConfig) -> None:
+    """What scoring needs besides the tools: the fitted evidence horizon and the item catalogue."""
+    horizon = EvidenceHorizon.fit(data.train.lengths, data.train.items, data.n_items, horizon_config)
+    writer.add_file("horizon.json", horizon.to_json().encode())
+    writer.add_file("vocab/items.json", json.dumps(data.item_vocab.ids.tolist()).encode())
+    writer.update(data={"uri": data.uri, **{k: data.meta[k] for k in ("dataset", "fingerprint", "items")}},
+                  horizon=dataclasses.asdict(horizon_config))

@@ -1,0 +1,131 @@
+"""The nightly scoring job (DESIGN.md §8): request shards -> horizon -> tools -> committed results.
+
+    ray job submit --working-dir . -- python jobs/nightly_score.py --requests URI --bundle URI --output URI
+
+Ray Data streams the shards through a horizon actor pool (validation, evidence horizon, route) and a tool actor
+pool (top-k from the task's primary classical tool); one sink writes results and quarantine parts and then the
+run's manifest. ``reasonrec score`` is the same job.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pyarrow as pa
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--requests", required=True, help="request shards: a prefix of *.parquet or one file")
+    parser.add_argument("--bundle", required=True, help="the committed model bundle")
+    parser.add_argument("--output", required=True, help="results root: OUTPUT/run_date=D/run_id=R/")
+    parser.add_argument("--run-date", help="YYYY-MM-DD (default: today, UTC)")
+    parser.add_argument("--force", action="store_true", help="rescore a date that already has a committed run")
+    parser.add_argument("--batch-size", type=int, help="rows per tool-actor batch")
+    parser.add_argument("--tool-actors", type=int, help="maximum size of the tool actor pool")
+    parser.add_argument("--config", help="YAML with ScoreConfig fields (flags override it)")
+
+
+def score_config(args):
+    from reasonrec.batch.stages import ScoreConfig
+    from reasonrec.config import from_dict, load_yaml
+
+    values = load_yaml(args.config)
+    for flag in ("batch_size", "tool_actors"):
+        if getattr(args, flag) is not None:
+            values[flag] = getattr(args, flag)
+    return from_dict(ScoreConfig, values)
+
+
+def run(args, config=None, log=print) -> dict:
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from actors.horizon import HorizonActor
+    from actors.results_sink import ResultsDatasink
+    from actors.tools import ToolActor
+    from reasonrec import storage
+    from reasonrec.batch import commit, requests
+    from reasonrec.batch.stages import check_bundle
+    from reasonrec.bundle import Bundle
+
+    config = config or score_config(args)
+    bundle_uri, output = storage.absolute(args.bundle), storage.absolute(args.output)
+    bundle = Bundle(bundle_uri)
+    check_bundle(bundle, config)
+    run = commit.Run.new(output, args.run_date)
+    previous = commit.committed_run(output, run.run_date)
+    if previous is not None and not args.force:
+        log(f"run_date={run.run_date} is already committed (run {previous['run_id']}, {previous['rows_out']} "
+            f"results, {previous['rows_quarantined']} quarantined): nothing to do; --force rescores it")
+        return {**previous, "noop": True}
+
+    shards = requests.list_shards(storage.absolute(args.requests))
+    with ThreadPoolExecutor(16) as pool:  # footers only: an independent count of what must come out
+        rows_in = sum(pool.map(requests.rows_in_shard, shards))
+    log(f"scoring {rows_in} requests from {len(shards)} shard(s) with bundle {bundle.version} -> {run.uri}")
+
+    if not ray.is_initialized():
+        ray.init()  # joins RAY_ADDRESS when set (ray job submit), else starts a local instance
+    read_args = {"num_cpus": config.io_cpus}
+    ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards))
+    ds = ds.map_batches(_read_shards, batch_size=1, batch_format="pyarrow", **read_args)
+    ds = ds.map_batches(HorizonActor, fn_constructor_kwargs={"bundle_uri": bundle_uri, "config": config},
+                        batch_size=config.horizon_batch_size, batch_format="pyarrow",
+                        compute=ActorPoolStrategy(size=1), num_cpus=config.horizon_actor_cpus)
+    ds = ds.map_batches(ToolActor, fn_constructor_kwargs={"bundle_uri": bundle_uri, "config": config},
+                        batch_size=config.batch_size, batch_format="pyarrow",
+                        compute=ActorPoolStrategy(min_size=1, max_size=config.tool_actors),
+                        num_cpus=config.tool_actor_cpus)
+    sink = ResultsDatasink(run, rows_in, header={
+        "requests": storage.absolute(args.requests), "bundle": bundle_uri, "bundle_version": bundle.version,
+        "shards": len(shards), "config": _plain(config)})
+    ds.write_datasink(sink, ray_remote_args=read_args)
+    manifest = sink.manifest
+    log(summary(manifest))
+    return manifest
+
+
+def _read_shards(batch: pa.Table) -> pa.Table:
+    from reasonrec.batch.requests import read_shard
+
+    return pa.concat_tables([read_shard(uri) for uri in batch.column("shard").to_pylist()])
+
+
+def _plain(config) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(config)
+
+
+def summary(manifest: dict) -> str:
+    routes = ", ".join(f"{route} {n}" for route, n in manifest["routes"].items()) or "none"
+    latency = ", ".join(f"{r} {ms:.2f}" for r, ms in manifest["latency_ms_mean"].items()) or "-"
+    stages = ", ".join(f"{s} {n}" for s, n in manifest["quarantine_stages"].items())
+    return "\n".join([
+        f"== nightly job {manifest['run_date']} (run {manifest['run_id']}) committed ==",
+        f"rows in {manifest['rows_in']} = results {manifest['rows_out']} + quarantined "
+        f"{manifest['rows_quarantined']}" + (f" ({stages})" if stages else ""),
+        f"routes: {routes}; tool usage {manifest['tool_usage_rate']:.0%}; ms/row by route: {latency}",
+        f"{manifest['users_per_s']:.0f} users/s, {manifest['seconds']:.1f} s wall; bundle {manifest['bundle_version']}",
+        f"results under {manifest['output']}/run_date={manifest['run_date']}/run_id={manifest['run_id']}",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nightly_score", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    try:
+        run(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"nightly_score: error: {e}", file=sys.stderr)
+        return 2
+    print(f"done in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

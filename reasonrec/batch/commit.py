@@ -1,0 +1,164 @@
+"""The commit protocol of batch results (DESIGN.md §7).
+
+A run writes ``OUTPUT/run_date=D/run_id=R/part-*.parquet`` and ``quarantine/part-*.parquet`` beside them, then
+``_manifest.json`` last. The manifest lists every part it vouches for, so a part left by a failed write attempt
+is never read; readers use only committed runs, and for a date the latest committed run.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from reasonrec import storage
+from reasonrec.data import schemas
+
+MANIFEST = "_manifest.json"
+
+
+@dataclass(frozen=True)
+class Run:
+    output: str
+    run_date: str
+    run_id: str
+
+    @classmethod
+    def new(cls, output: str, run_date: str | None = None) -> "Run":
+        run_date = run_date or dt.datetime.now(dt.timezone.utc).date().isoformat()
+        try:
+            dt.date.fromisoformat(run_date)
+        except ValueError:
+            raise ValueError(f"run date {run_date!r} is not YYYY-MM-DD") from None
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+        return cls(output, run_date, f"{stamp}-{uuid.uuid4().hex[:8]}")
+
+    @property
+    def date_uri(self) -> str:
+        return storage.join(self.output, f"run_date={self.run_date}")
+
+    @property
+    def uri(self) -> str:
+        return storage.join(self.date_uri, f"run_id={self.run_id}")
+
+
+def write_part(table: pa.Table, run: Run) -> dict:
+    """Write one block of answered rows: results and quarantine parts; returns what the manifest needs."""
+    ok = table.column("error").is_null()
+    results = _results(table.filter(ok), run.run_id)
+    quarantine = _quarantine(table.filter(pc.invert(ok)), run.run_id)
+    name = f"part-{uuid.uuid4().hex}.parquet"
+    written = {"results": [], "quarantine": []}
+    if results.num_rows:
+        storage.write_parquet(results, storage.join(run.uri, name))
+        written["results"].append(name)
+    if quarantine.num_rows:
+        storage.write_parquet(quarantine, storage.join(run.uri, "quarantine", name))
+        written["quarantine"].append(f"quarantine/{name}")
+    latency = results.column("latency_ms").to_numpy(zero_copy_only=False).astype(np.float64)
+    routes = results.column("route").to_numpy(zero_copy_only=False)
+    return {
+        **written,
+        "rows_out": results.num_rows,
+        "rows_quarantined": quarantine.num_rows,
+        "routes": dict(Counter(routes.tolist())),
+        "tasks": dict(Counter(results.column("task").to_pylist())),
+        "quarantine_stages": dict(Counter(quarantine.column("stage").to_pylist())),
+        "latency_ms_sum": {r: float(latency[routes == r].sum()) for r in set(routes.tolist())},
+        "tool_rows": int(np.count_nonzero(pc.fill_null(pc.list_value_length(results.column("tools")), 0))),
+    }
+
+
+def _results(table: pa.Table, run_id: str) -> pa.Table:
+    table = table.append_column("run_id", pa.array(np.full(table.num_rows, run_id), pa.string()))
+    return table.select(schemas.RESULTS.names).cast(schemas.RESULTS)
+
+
+def _quarantine(table: pa.Table, run_id: str) -> pa.Table:
+    n = table.num_rows
+    rows = table.select([f.name for f in schemas.REQUESTS]).to_pylist()  # rejected rows only
+    raw = table.column("raw").to_pylist()
+    inputs = [r if r is not None else json.dumps(row) for r, row in zip(raw, rows)]
+    row = table.column("row")
+    with_row = pc.binary_join_element_wise(table.column("shard"), pc.cast(row, pa.string()), "#")
+    source = pc.if_else(pc.less(row, 0), table.column("shard"), with_row)
+    return pa.table({
+        "input": pa.array(inputs, pa.string()), "source": source, "stage": table.column("stage"),
+        "reason": table.column("error"), "run_id": pa.array(np.full(n, run_id), pa.string()),
+    }, schema=schemas.QUARANTINE)
+
+
+def summarise(parts: list[dict]) -> dict:
+    """Totals over every written part (the ``write_part`` returns)."""
+    total = {"results": [], "quarantine": [], "rows_out": 0, "rows_quarantined": 0, "tool_rows": 0}
+    counters = {name: Counter() for name in ("routes", "tasks", "quarantine_stages", "latency_ms_sum")}
+    for part in parts:
+        for key in ("results", "quarantine"):
+            total[key] += part[key]
+        for key in ("rows_out", "rows_quarantined", "tool_rows"):
+            total[key] += part[key]
+        for name, counter in counters.items():
+            counter.update(part[name])
+    routes = dict(sorted(counters["routes"].items()))
+    return {
+        **total, "routes": routes, "tasks": dict(counters["tasks"]),
+        "quarantine_stages": dict(counters["quarantine_stages"]),
+        "latency_ms_mean": {r: counters["latency_ms_sum"][r] / n for r, n in routes.items()},
+        "tool_usage_rate": total["tool_rows"] / total["rows_out"] if total["rows_out"] else 0.0,
+    }
+
+
+def commit(run: Run, manifest: dict) -> dict:
+    """Remove parts no manifest vouches for, write the manifest, then retire the date's other runs."""
+    listed = set(manifest["results"]) | set(manifest["quarantine"])
+    for rel in storage.list_files(run.uri):
+        if rel not in listed:
+            storage.delete(storage.join(run.uri, rel))
+    manifest = {**manifest, "run_id": run.run_id, "run_date": run.run_date, "output": run.output}
+    storage.write_json(storage.join(run.uri, MANIFEST), manifest)
+    for other in _run_ids(run.output, run.run_date):
+        if other != run.run_id:
+            storage.delete(storage.join(run.date_uri, f"run_id={other}"))
+    return manifest
+
+
+def _run_ids(output: str, run_date: str) -> list[str]:
+    prefix = f"run_date={run_date}"
+    files = storage.list_files(storage.join(output, prefix))
+    return sorted({f.split("/")[0][len("run_id="):] for f in files if f.startswith("run_id=")})
+
+
+def committed_run(output: str, run_date: str) -> dict | None:
+    """The manifest of the date's latest committed run, if any."""
+    manifests = []
+    for run_id in _run_ids(output, run_date):
+        uri = storage.join(output, f"run_date={run_date}", f"run_id={run_id}", MANIFEST)
+        if storage.exists(uri):
+            manifests.append(storage.read_json(uri))
+    return max(manifests, key=lambda m: m["finished"], default=None)
+
+
+def committed_dates(output: str) -> list[str]:
+    dates = {f.split("/")[0][len("run_date="):] for f in storage.list_files(output) if f.startswith("run_date=")}
+    return sorted(d for d in dates if committed_run(output, d) is not None)
+
+
+def read_committed(output: str, run_date: str | None = None, table: str = "results") -> pa.Table:
+    """Results (or quarantine) of a committed run: the given date, else the latest committed date."""
+    if run_date is None:
+        dates = committed_dates(output)
+        if not dates:
+            raise FileNotFoundError(f"{output}: no committed run")
+        run_date = dates[-1]
+    manifest = committed_run(output, run_date)
+    if manifest is None:
+        raise FileNotFoundError(f"{output}: run_date={run_date} has no committed run")
+    run = Run(output, run_date, manifest["run_id"])
+    schema = schemas.RESULTS if table == "results" else schemas.QUARANTINE
+    parts = [storage.read_parquet(storage.join(run.uri, rel)) for rel in manifest[table]]
+    return pa.concat_tables(parts) if parts else schema.empty_table()

@@ -1,0 +1,238 @@
+"""Request shards: writing them from prepared data, reading them back, validating every row.
+
+Inside the nightly job a request row travels with four bookkeeping columns (``STREAM``): the shard and row it
+came from, and ``error``/``stage``, set by the first stage that rejects it. Rejected rows keep flowing to the
+sink, which writes them to quarantine: nothing is dropped on the way.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from reasonrec import storage
+from reasonrec.data import schemas
+from reasonrec.data.prepared import PreparedData, Sequences
+from reasonrec.data.vocab import Vocab
+
+MAX_USER_ID_CHARS = 256
+
+STREAM = pa.schema([
+    *schemas.REQUESTS,
+    pa.field("shard", pa.string()),
+    pa.field("row", pa.int64()),
+    pa.field("raw", pa.string()),  # the input row as JSON, kept only when it could not be conformed
+    pa.field("error", pa.string()),
+    pa.field("stage", pa.string()),
+])
+
+
+# -- writing -------------------------------------------------------------------------------------------------
+
+def list_array(offsets: np.ndarray, values) -> pa.ListArray:
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.string()))
+
+
+def requests_for_split(data: PreparedData, split: str, task: str, k: int, seed: int = 0) -> pa.Table:
+    """One request per evaluated user of ``split``, with the history that split's evaluation sees.
+
+    Direct requests carry the split's 1 + N candidates, shuffled per user so that position gives nothing away.
+    """
+    evalset = data.eval_set(split)
+    history = evalset.history
+    columns = {
+        "user_id": pa.array(history.user_ids, pa.string()),
+        "task": pa.array(np.full(len(history), task), pa.string()),
+        "candidates": pa.nulls(len(history), pa.list_(pa.string())),
+        "k": pa.array(np.full(len(history), k), pa.int32()),
+        "history": list_array(history.offsets, data.item_vocab.lookup(history.items)),
+    }
+    if task in ("direct", "ctr"):
+        cand = evalset.candidates
+        order = np.argsort(np.random.default_rng(seed).random(cand.shape), axis=1)
+        cand = np.take_along_axis(cand, order, axis=1)
+        present = cand > 0
+        offsets = np.concatenate([[0], np.cumsum(present.sum(axis=1))])
+        columns["candidates"] = list_array(offsets, data.item_vocab.lookup(cand[present]))
+    return pa.table(columns, schema=schemas.REQUESTS)
+
+
+def write_requests(table: pa.Table, out_uri: str, shard_rows: int = 5000) -> list[str]:
+    """Write ``table`` as ``part-NNNNN.parquet`` shards under ``out_uri`` (an existing set is replaced)."""
+    storage.delete(out_uri)
+    uris = []
+    for i, lo in enumerate(range(0, max(table.num_rows, 1), shard_rows)):
+        uri = storage.join(out_uri, f"part-{i:05d}.parquet")
+        storage.write_parquet(table.slice(lo, shard_rows), uri)
+        uris.append(uri)
+    return uris
+
+
+# -- reading -------------------------------------------------------------------------------------------------
+
+def list_shards(uri: str) -> list[str]:
+    """A single parquet file, or every ``*.parquet`` below a prefix."""
+    if uri.endswith(".parquet"):
+        if not storage.exists(uri):
+            raise FileNotFoundError(f"{uri}: no such request shard")
+        return [uri]
+    shards = [storage.join(uri, rel) for rel in storage.list_files(uri) if rel.endswith(".parquet")]
+    if not shards:
+        raise FileNotFoundError(f"{uri}: no request shards (*.parquet)")
+    return shards
+
+
+def rows_in_shard(uri: str) -> int:
+    """Rows a shard holds according to its footer; an unreadable shard counts as one (quarantined) row."""
+    rows = storage.parquet_rows(uri)
+    return 1 if rows is None else rows
+
+
+def read_shard(uri: str) -> pa.Table:
+    """The shard's rows in ``STREAM`` form; a shard that cannot be read becomes quarantine rows."""
+    try:
+        table = storage.read_parquet(uri)
+    except (OSError, pa.ArrowException) as e:
+        rows = storage.parquet_rows(uri)
+        reason = f"shard unreadable: {e}"
+        if rows is None:
+            return _rejected(uri, np.array([-1]), [json.dumps({"shard": uri})], reason, "read")
+        return _rejected(uri, np.arange(rows), [json.dumps({"shard": uri, "row": i}) for i in range(rows)],
+                         reason, "read")
+    return conform(table, uri)
+
+
+def conform(table: pa.Table, shard: str) -> pa.Table:
+    """Cast a shard to the requests schema; a missing required column or an uncastable column rejects every row."""
+    missing = [c for c in schemas.REQUIRED_REQUEST_COLUMNS if c not in table.column_names]
+    problem = f"missing required column(s) {missing}; found {table.column_names}" if missing else None
+    columns = []
+    for field in schemas.REQUESTS if problem is None else ():
+        if field.name not in table.column_names:
+            columns.append(pa.nulls(table.num_rows, field.type))
+            continue
+        column = table.column(field.name)
+        if field.name == "k" and pa.types.is_integer(column.type):
+            # An out-of-range k is one bad row, not a bad shard: null it here, the validator names it.
+            fits = pc.and_(pc.greater_equal(column, -(2**31)), pc.less(column, 2**31))
+            column = pc.if_else(fits, column, pa.scalar(None, column.type))
+        try:
+            columns.append(column.cast(field.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            problem = f"column {field.name!r} cannot be read as {field.type}: {e}"
+            break
+    rows = np.arange(table.num_rows)
+    if problem is not None:
+        raw = [json.dumps(r, default=str) for r in table.to_pylist()]
+        return _rejected(shard, rows, raw, problem, "read")
+    n = table.num_rows
+    return pa.Table.from_arrays(columns + [
+        pa.array(np.full(n, shard), pa.string()), pa.array(rows, pa.int64()),
+        pa.nulls(n, pa.string()), pa.nulls(n, pa.string()), pa.nulls(n, pa.string()),
+    ], schema=STREAM)
+
+
+def _rejected(shard: str, rows: np.ndarray, raw: list[str], reason: str, stage: str) -> pa.Table:
+    n = len(rows)
+    columns = {f.name: pa.nulls(n, f.type) for f in schemas.REQUESTS}
+    columns.update(shard=pa.array(np.full(n, shard), pa.string()), row=pa.array(rows, pa.int64()),
+                   raw=pa.array(raw, pa.string()), error=pa.array(np.full(n, reason), pa.string()),
+                   stage=pa.array(np.full(n, stage), pa.string()))
+    return pa.table(columns, schema=STREAM)
+
+
+# -- validating ----------------------------------------------------------------------------------------------
+
+class Validator:
+    """Row checks, vectorised over a batch; the first failed check of a row names its field."""
+
+    def __init__(self, catalogue: Vocab, max_k: int, answered_tasks: tuple[str, ...]):
+        self.catalogue = catalogue
+        self.max_k = max_k
+        self.answered_tasks = answered_tasks
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        n = batch.num_rows
+        reasons = np.full(n, None, dtype=object)
+        pending = _mask(batch.column("error").is_null())
+
+        def reject(mask: np.ndarray, describe) -> None:
+            rows = np.flatnonzero(mask & pending)
+            for row in rows:  # only rejected rows, never the whole batch
+                reasons[row] = describe(row)
+            pending[rows] = False
+
+        user = batch.column("user_id")
+        stripped = pc.utf8_trim_whitespace(user)
+        reject(_mask(user.is_null()), lambda r: "user_id: null")
+        reject(_mask(pc.equal(pc.utf8_length(stripped), 0)), lambda r: "user_id: empty")
+        reject(_mask(pc.not_equal(stripped, user)), lambda r: f"user_id: {_v(user, r)} has surrounding whitespace")
+        reject(_mask(pc.greater(pc.utf8_length(user), MAX_USER_ID_CHARS)),
+               lambda r: f"user_id: longer than {MAX_USER_ID_CHARS} characters")
+        reject(_mask(pc.invert(pc.utf8_is_printable(user))), lambda r: f"user_id: {_v(user, r)} is not printable")
+
+        task = batch.column("task")
+        reject(~_mask(pc.is_in(task, pa.array(schemas.TASKS))),
+               lambda r: f"task: unknown {_v(task, r)}; expected one of {list(schemas.TASKS)}")
+        reject(~_mask(pc.is_in(task, pa.array(self.answered_tasks))),
+               lambda r: f"task: {_v(task, r)} is not answered by this job (it answers {list(self.answered_tasks)})")
+
+        k = batch.column("k")
+        in_range = pc.and_(pc.greater_equal(k, 1), pc.less_equal(k, self.max_k))
+        reject(~_mask(in_range), lambda r: f"k: {_v(k, r)} out of range [1, {self.max_k}]")
+
+        candidates = batch.column("candidates")
+        n_cand = pc.fill_null(pc.list_value_length(candidates), 0)
+        needs = pc.is_in(task, pa.array(["direct", "ctr"]))
+        reject(_mask(pc.and_(needs, pc.equal(n_cand, 0))), lambda r: f"candidates: task {_v(task, r)} needs a list")
+        unknown = self._unknown_candidates(candidates)
+        reject(unknown > 0, lambda r: f"candidates: {unknown[r]} not in the catalogue, e.g. "
+                                      f"{self._first_unknown(candidates, r)!r}")
+
+        error = pc.coalesce(batch.column("error"), pa.array(reasons, pa.string()))
+        stage = pc.if_else(pc.and_(batch.column("error").is_null(), error.is_valid()), "validate", batch.column("stage"))
+        batch = batch.set_column(batch.schema.get_field_index("error"), "error", error)
+        return batch.set_column(batch.schema.get_field_index("stage"), "stage", stage)
+
+    def _unknown_candidates(self, candidates: pa.ChunkedArray) -> np.ndarray:
+        lengths = _np(pc.fill_null(pc.list_value_length(candidates), 0))
+        bad = self.catalogue.index(pc.list_flatten(candidates)) < 0
+        return np.bincount(np.repeat(np.arange(len(lengths)), lengths)[bad], minlength=len(lengths))
+
+    def _first_unknown(self, candidates: pa.ChunkedArray, row: int) -> str:
+        values = candidates[row].as_py()
+        return next(v for v, i in zip(values, self.catalogue.index(values)) if i < 0)
+
+
+def history_indices(batch: pa.Table, vocab: Vocab) -> tuple[np.ndarray, np.ndarray]:
+    """Per row the history length, and the flat item indices (-1 for items not in the catalogue)."""
+    history = batch.column("history")
+    lengths = _np(pc.fill_null(pc.list_value_length(history), 0)).astype(np.int64)
+    return lengths, vocab.index(pc.list_flatten(history))
+
+
+def history_sequences(batch: pa.Table, vocab: Vocab) -> Sequences:
+    """The batch's histories as tool input; items the catalogue does not know are left out."""
+    lengths, items = history_indices(batch, vocab)
+    known = items > 0
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    kept = np.bincount(rows[known], minlength=len(lengths))
+    offsets = np.concatenate([[0], np.cumsum(kept)]).astype(np.int64)
+    return Sequences(_np(batch.column("user_id")), offsets, items[known])
+
+
+def _mask(array) -> np.ndarray:
+    """A boolean condition as numpy; null (unknown) counts as False."""
+    return _np(pc.fill_null(array, False)).astype(bool)
+
+
+def _np(array) -> np.ndarray:
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    return array.to_numpy(zero_copy_only=False)
+
+
+def _v(column: pa.ChunkedArray, row: int):
+    return repr(column[row].as_py())

@@ -1,0 +1,234 @@
+"""The nightly job: request shards -> horizon -> tools -> committed results, plain stages and through Ray Data."""
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from reasonrec import storage
+from reasonrec.batch import commit
+from reasonrec.batch.requests import STREAM, conform, read_shard, requests_for_split, write_requests
+from reasonrec.batch.stages import HorizonStage, ScoreConfig, ToolStage
+from reasonrec.bundle import Bundle, BundleWriter
+from reasonrec.cli import main
+from reasonrec.data import schemas
+from reasonrec.evaluate import evaluate_bundle, evaluate_results, rank_targets, ranks_from_results, tool_scorer
+from reasonrec.horizon import HorizonConfig
+from reasonrec.tools import make_config, tool_class
+from reasonrec.train.loop import fit
+from reasonrec.train.tools import add_data_files
+
+SMALL = {"sasrec": {"batch_size": 64, "lr": 3e-3, "epochs": 6}, "lightgcn": {"batch_size": 512, "epochs": 6}}
+CONFIG = ScoreConfig(batch_size=200)
+
+
+@pytest.fixture(scope="module")
+def bundle_uri(synthetic_data, s3_endpoint):
+    torch.manual_seed(0)
+    uri = "s3://reasonrec-test/nightly/bundle"
+    with BundleWriter(uri) as writer, __import__("tempfile").TemporaryDirectory() as tmp:
+        for name, overrides in SMALL.items():
+            tool = tool_class(name)(make_config(name, overrides), synthetic_data.n_items,
+                                    synthetic_data.train.user_ids)
+            fit(tool, synthetic_data.train, synthetic_data.eval_set("valid"),
+                refit_on=synthetic_data.train_and_valid, log=lambda *_: None)
+            tool.save(f"{tmp}/{name}")
+            writer.add_tool(name, f"{tmp}/{name}", {})
+        add_data_files(writer, synthetic_data, HorizonConfig())
+        writer.commit()
+    return uri
+
+
+def stream(table: pa.Table, shard: str = "mem://shard") -> pa.Table:
+    return conform(table, shard)
+
+
+def answer(bundle_uri, table: pa.Table) -> pa.Table:
+    bundle = Bundle(bundle_uri)
+    return ToolStage(bundle, CONFIG)(HorizonStage(bundle, CONFIG)(stream(table)))
+
+
+def request_rows(**columns) -> pa.Table:
+    n = len(columns["user_id"])
+    columns.setdefault("task", ["sequential"] * n)
+    columns.setdefault("k", [10] * n)
+    return pa.table(columns)
+
+
+# -- plain stages, no Ray --------------------------------------------------------------------------------------
+
+def test_validator_names_the_field_of_each_bad_row(bundle_uri, synthetic_data):
+    item = synthetic_data.item_vocab.ids[0]
+    rows = request_rows(
+        user_id=["u-ok", None, "  ", " pad", "u5", "u6", "u7", "u8", "u9", "u10", "u\x07"],
+        task=["sequential", "sequential", "sequential", "sequential", "shopping", "explain", "sequential",
+              "sequential", "direct", "direct", "sequential"],
+        k=[10, 10, 10, 10, 10, 10, 0, 101, 10, 10, 10],
+        candidates=[None] * 9 + [[item, "no-such-item"]] + [None],
+    )
+    out = HorizonStage(Bundle(bundle_uri), CONFIG)(stream(rows))
+    errors = out.column("error").to_pylist()
+    assert errors[0] is None
+    expected = ["user_id: null", "user_id: empty", "user_id: ' pad' has surrounding whitespace",
+                "task: unknown 'shopping'", "task: 'explain' is not answered by this job", "k: 0 out of range [1, 100]",
+                "k: 101 out of range", "candidates: task 'direct' needs a list",
+                "candidates: 1 not in the catalogue, e.g. 'no-such-item'", "is not printable"]
+    for error, text in zip(errors[1:], expected):
+        assert text in error
+    assert out.column("stage").to_pylist() == [None] + ["validate"] * 10
+    assert set(out.column("route").to_pylist()) <= {"low", "medium", "high"}
+
+
+def test_unreadable_shard_and_missing_column_become_quarantine_rows(tmp_path):
+    good = request_rows(user_id=["a", "b"])
+    corrupt = tmp_path / "corrupt.parquet"
+    pq.write_table(good, corrupt)
+    data = bytearray(corrupt.read_bytes())
+    data[8:40] = b"\xff" * 32  # the first data page, the footer stays readable
+    corrupt.write_bytes(bytes(data))
+    garbage = tmp_path / "garbage.parquet"
+    garbage.write_bytes(b"not parquet at all")
+    missing = tmp_path / "missing.parquet"
+    pq.write_table(pa.table({"user_id": ["a", "b", "c"], "task": ["sequential"] * 3}), missing)
+
+    out = read_shard(str(corrupt))
+    assert out.num_rows == 2 and out.column("stage").to_pylist() == ["read", "read"]
+    assert all(e.startswith("shard unreadable") for e in out.column("error").to_pylist())
+    out = read_shard(str(garbage))
+    assert out.num_rows == 1 and out.column("row").to_pylist() == [-1]
+    out = read_shard(str(missing))
+    assert out.num_rows == 3 and "missing required column(s) ['k']" in out.column("error")[0].as_py()
+    assert json.loads(out.column("raw")[2].as_py()) == {"user_id": "c", "task": "sequential"}
+    # An int64 k too large for int32 is one bad row, not a bad shard.
+    out = conform(request_rows(user_id=["a", "b"], k=[3, 2**40]), "s")
+    assert out.column("k").to_pylist() == [3, None] and out.column("error").null_count == 2
+
+
+@pytest.mark.parametrize("task,tool", [("sequential", "sasrec"), ("direct", "lightgcn")])
+def test_batch_answers_rank_exactly_like_the_evaluator(bundle_uri, synthetic_data, task, tool):
+    requests = requests_for_split(synthetic_data, "test", task, k=10)
+    out = answer(bundle_uri, requests)
+    assert out.num_rows == requests.num_rows and out.column("error").null_count == out.num_rows
+    results = commit._results(out, "r")
+    evalset = synthetic_data.eval_set("test")
+    expected = rank_targets(tool_scorer(Bundle(bundle_uri).load_tool(tool)), evalset, task)
+    target_ids = synthetic_data.item_vocab.lookup(evalset.target)
+    got = ranks_from_results(results, users=evalset.history.user_ids, items=target_ids)
+    in_list = expected < 10
+    np.testing.assert_array_equal(got[in_list], expected[in_list])
+    assert (got[~in_list] >= 10).all()
+    ranked = results.column("ranked").to_pylist()
+    assert all(len(r) == 10 for r in ranked)
+    assert all(r[i]["score"] >= r[i + 1]["score"] for r in ranked for i in range(9))
+    if task == "sequential":  # a user's own history is never recommended back
+        seen = dict(zip(requests.column("user_id").to_pylist(), requests.column("history").to_pylist()))
+        assert not any(set(seen[u]) & {x["item_id"] for x in r}
+                       for u, r in zip(results.column("user_id").to_pylist(), ranked))
+    else:  # only the request's candidates are ranked
+        cands = dict(zip(requests.column("user_id").to_pylist(), requests.column("candidates").to_pylist()))
+        assert all({x["item_id"] for x in r} <= set(cands[u])
+                   for u, r in zip(results.column("user_id").to_pylist(), ranked))
+    confidence = results.column("confidence").to_numpy()
+    assert ((confidence > 0) & (confidence <= 1)).all()
+    assert results.column("trace")[0].as_py().startswith("EH: ")
+    assert set(results.column("tools").to_pylist()[0]) == {tool}
+
+
+def test_unknown_user_and_unknown_history_items_are_answered(bundle_uri):
+    rows = request_rows(user_id=["new-user", "odd-history"], history=[None, ["never-seen-item"]])
+    out = answer(bundle_uri, rows)
+    assert out.column("error").null_count == 2
+    horizon = out.column("horizon").to_pylist()
+    assert horizon[0] == 1.0 and 0.0 < horizon[1] <= 1.0  # no history at all: the coldest possible user
+    assert [len(r) for r in out.column("ranked").to_pylist()] == [10, 10]
+    assert np.isfinite(out.column("confidence").to_numpy()).all()
+
+
+def test_commit_keeps_only_listed_parts_and_latest_run(tmp_path, bundle_uri):
+    out = answer(bundle_uri, request_rows(user_id=["a", None, "c"]))
+    first = commit.Run.new(str(tmp_path), "2026-01-02")
+    part = commit.write_part(out, first)
+    storage.write_bytes(storage.join(first.uri, "part-orphan.parquet"), b"left by a failed attempt")
+    commit.commit(first, {**commit.summarise([part]), "rows_in": 3, "finished": "1"})
+    assert "part-orphan.parquet" not in storage.list_files(first.uri)
+    assert commit.read_committed(str(tmp_path)).num_rows == 2
+    quarantine = commit.read_committed(str(tmp_path), table="quarantine")
+    assert quarantine.column("reason").to_pylist() == ["user_id: null"]
+    assert quarantine.column("source").to_pylist() == ["mem://shard#1"]
+    second = commit.Run.new(str(tmp_path), "2026-01-02")
+    commit.commit(second, {**commit.summarise([commit.write_part(out, second)]), "rows_in": 3, "finished": "2"})
+    assert commit.committed_run(str(tmp_path), "2026-01-02")["run_id"] == second.run_id
+    assert not storage.exists(first.uri)
+    with pytest.raises(ValueError, match="not YYYY-MM-DD"):
+        commit.Run.new(str(tmp_path), "02/01/2026")
+
+
+# -- the job through Ray Data, on S3 ---------------------------------------------------------------------------
+
+def test_nightly_job_on_s3_commits_quarantines_and_agrees_with_evaluate(ray_session, synthetic_data, bundle_uri,
+                                                                       tmp_path, capsys):
+    root = "s3://reasonrec-test/nightly"
+    requests, output = f"{root}/requests", f"{root}/results"
+    table = pa.concat_tables([requests_for_split(synthetic_data, "test", t, k=10) for t in ("sequential", "direct")])
+    write_requests(table, requests, shard_rows=500)
+    # 100 malformed rows inside a good shard, a shard with corrupt bytes and one without the k column.
+    bad = table.slice(0, 100).to_pydict()
+    bad["user_id"] = [None] * 25 + [""] * 25 + bad["user_id"][50:]
+    bad["task"] = bad["task"][:50] + ["nonsense"] * 25 + bad["task"][75:]
+    bad["k"] = bad["k"][:75] + [0] * 25
+    mixed = pa.concat_tables([table.slice(0, 50), pa.table(bad, schema=schemas.REQUESTS)])
+    storage.write_parquet(mixed, f"{requests}/mixed.parquet")
+    storage.write_bytes(f"{requests}/corrupt.parquet", b"PAR1" + b"\x00" * 64)
+    storage.write_parquet(table.slice(0, 7).drop_columns(["k"]), f"{requests}/no-k.parquet")
+
+    args = ["score", "--requests", requests, "--bundle", bundle_uri, "--output", output,
+            "--run-date", "2026-11-27", "--batch-size", "256", "--tool-actors", "2"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "== nightly job 2026-11-27" in printed and "users/s" in printed
+    manifest = commit.committed_run(output, "2026-11-27")
+    n_good = table.num_rows + 50
+    assert manifest["rows_in"] == n_good + 100 + 1 + 7
+    assert manifest["rows_out"] == n_good
+    assert manifest["rows_quarantined"] == 108
+    assert manifest["rows_in"] == manifest["rows_out"] + manifest["rows_quarantined"]
+    assert sum(manifest["routes"].values()) == n_good and manifest["bundle_version"] == Bundle(bundle_uri).version
+    assert manifest["quarantine_stages"] == {"read": 8, "validate": 100}
+
+    quarantine = commit.read_committed(output, "2026-11-27", table="quarantine")
+    reasons = quarantine.column("reason").to_pylist()
+    assert sum(r == "user_id: null" for r in reasons) == 25 and sum(r == "user_id: empty" for r in reasons) == 25
+    assert sum(r.startswith("task: unknown 'nonsense'") for r in reasons) == 25
+    assert sum(r.startswith("k: 0 out of range") for r in reasons) == 25
+    assert sum(r.startswith("shard unreadable") for r in reasons) == 1
+    assert sum("missing required column(s) ['k']" in r for r in reasons) == 7
+
+    results = commit.read_committed(output, "2026-11-27")
+    for task in ("sequential", "direct"):
+        from_results = evaluate_results(results, synthetic_data, task)["metrics"]
+        tool = CONFIG.primary[task]
+        from_evaluate = evaluate_bundle(synthetic_data, Bundle(bundle_uri), task, log=lambda *_: None)["tools"][tool]
+        assert from_results == pytest.approx(from_evaluate, abs=1e-9)
+
+    assert main(args) == 0  # the date is committed: a no-op that says so
+    assert "already committed" in capsys.readouterr().out
+    assert commit.committed_run(output, "2026-11-27")["run_id"] == manifest["run_id"]
+
+    assert main([*args, "--force"]) == 0
+    forced = commit.committed_run(output, "2026-11-27")
+    assert forced["run_id"] != manifest["run_id"]
+    assert [f for f in storage.list_files(f"{output}/run_date=2026-11-27") if f.endswith("_manifest.json")] == \
+        [f"run_id={forced['run_id']}/_manifest.json"]
+    again = commit.read_committed(output, "2026-11-27")
+    keys = again.select(["user_id", "task"]).to_pandas()
+    assert again.num_rows == n_good and keys.duplicated().sum() == 50  # only the 50 rows repeated on purpose
+
+
+def test_score_refuses_a_bundle_without_the_configured_tool(bundle_uri, tmp_path, capsys):
+    config = tmp_path / "score.yaml"
+    config.write_text("primary: {sequential: gru4rec}\n")
+    assert main(["score", "--requests", str(tmp_path), "--bundle", bundle_uri, "--output", str(tmp_path / "o"),
+                 "--config", str(config)]) == 2
+    assert "names {'sequential': 'gru4rec'}" in capsys.readouterr().err
