@@ -13,7 +13,7 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -25,7 +25,7 @@ def s3_endpoint():
     import boto3
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
@@ -61,6 +61,37 @@ def synthetic_data(synthetic_raw, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("prepared"))
     prepared.prepare(loaders.load(synthetic_raw, "parquet"), out)
     return prepared.PreparedData(out)
+
+
+SMALL_TOOLS = {"sasrec": {"batch_size": 64, "lr": 3e-3, "epochs": 6}, "lightgcn": {"batch_size": 512, "epochs": 6}}
+
+
+@pytest.fixture(scope="session")
+def bundle_uri(synthetic_data, s3_endpoint):
+    """A small committed bundle (SASRec + LightGCN, trained in-process) on the S3 server."""
+    import tempfile
+
+    import torch
+
+    from reasonrec.bundle import BundleWriter
+    from reasonrec.horizon import HorizonConfig
+    from reasonrec.tools import make_config, tool_class
+    from reasonrec.train.loop import fit
+    from reasonrec.train.tools import add_data_files
+
+    torch.manual_seed(0)
+    uri = "s3://reasonrec-test/nightly/bundle"
+    with BundleWriter(uri) as writer, tempfile.TemporaryDirectory() as tmp:
+        for name, overrides in SMALL_TOOLS.items():
+            tool = tool_class(name)(make_config(name, overrides), synthetic_data.n_items,
+                                    synthetic_data.train.user_ids)
+            fit(tool, synthetic_data.train, synthetic_data.eval_set("valid"),
+                refit_on=synthetic_data.train_and_valid, log=lambda *_: None)
+            tool.save(f"{tmp}/{name}")
+            writer.add_tool(name, f"{tmp}/{name}", {})
+        add_data_files(writer, synthetic_data, HorizonConfig())
+        writer.commit()
+    return uri
 
 
 def require_shared_data():

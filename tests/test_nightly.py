@@ -5,40 +5,28 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from reasonrec import storage
 from reasonrec.batch import commit
-from reasonrec.batch.requests import STREAM, conform, read_shard, requests_for_split, write_requests
+from reasonrec.batch.requests import (
+    conform,
+    read_shard,
+    requests_for_split,
+    write_requests,
+)
 from reasonrec.batch.stages import HorizonStage, ScoreConfig, ToolStage
-from reasonrec.bundle import Bundle, BundleWriter
+from reasonrec.bundle import Bundle
 from reasonrec.cli import main
 from reasonrec.data import schemas
-from reasonrec.evaluate import evaluate_bundle, evaluate_results, rank_targets, ranks_from_results, tool_scorer
-from reasonrec.horizon import HorizonConfig
-from reasonrec.tools import make_config, tool_class
-from reasonrec.train.loop import fit
-from reasonrec.train.tools import add_data_files
+from reasonrec.evaluate import (
+    evaluate_bundle,
+    evaluate_results,
+    rank_targets,
+    ranks_from_results,
+    tool_scorer,
+)
 
-SMALL = {"sasrec": {"batch_size": 64, "lr": 3e-3, "epochs": 6}, "lightgcn": {"batch_size": 512, "epochs": 6}}
 CONFIG = ScoreConfig(batch_size=200)
-
-
-@pytest.fixture(scope="module")
-def bundle_uri(synthetic_data, s3_endpoint):
-    torch.manual_seed(0)
-    uri = "s3://reasonrec-test/nightly/bundle"
-    with BundleWriter(uri) as writer, __import__("tempfile").TemporaryDirectory() as tmp:
-        for name, overrides in SMALL.items():
-            tool = tool_class(name)(make_config(name, overrides), synthetic_data.n_items,
-                                    synthetic_data.train.user_ids)
-            fit(tool, synthetic_data.train, synthetic_data.eval_set("valid"),
-                refit_on=synthetic_data.train_and_valid, log=lambda *_: None)
-            tool.save(f"{tmp}/{name}")
-            writer.add_tool(name, f"{tmp}/{name}", {})
-        add_data_files(writer, synthetic_data, HorizonConfig())
-        writer.commit()
-    return uri
 
 
 def stream(table: pa.Table, shard: str = "mem://shard") -> pa.Table:
