@@ -66,7 +66,9 @@ class EvidenceHorizon:
         known = (items > 0) & (items < len(self._item_counts))
         pop = np.where(known, self._item_counts[np.where(known, items, 0)], 0)
         item_cold = 1.0 - self._items(pop)
-        sums = np.add.reduceat(item_cold, offsets[:-1]) if len(items) else np.zeros(len(lengths))
+        # Segment sums by row id: reduceat would misread empty histories (e.g. at the end of a batch).
+        rows = np.repeat(np.arange(len(lengths)), np.diff(offsets))
+        sums = np.bincount(rows, weights=item_cold, minlength=len(lengths))
         mean_item_cold = np.where(lengths > 0, sums / np.maximum(lengths, 1), 1.0)
         w = self.config.item_weight
         c = (1 - w) * user_cold + w * mean_item_cold

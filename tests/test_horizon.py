@@ -40,3 +40,11 @@ def test_routes_and_json_round_trip():
 def test_bad_thresholds_rejected():
     with pytest.raises(ValueError, match="tau_low"):
         HorizonConfig(tau_low=0.8, tau_high=0.2)
+
+
+def test_empty_histories_anywhere_in_a_batch():
+    h = fitted()
+    batch = [[], [1, 2], [], [3], [], []]
+    c = h.apply(*csr(batch))
+    assert c[[0, 2, 4, 5]].tolist() == [1.0] * 4
+    np.testing.assert_allclose(c[[1, 3]], [h.apply(*csr([[1, 2]]))[0], h.apply(*csr([[3]]))[0]])
