@@ -1,7 +1,8 @@
 """Ray Data actor: validate requests and add the evidence horizon and route (one bundle load per actor)."""
 import pyarrow as pa
 
-from reasonrec.batch.stages import HorizonStage, ScoreConfig
+from reasonrec.batch.config import ScoreConfig
+from reasonrec.batch.horizon_stage import HorizonStage
 from reasonrec.bundle import Bundle
 
 

@@ -1,7 +1,8 @@
 """Ray Data actor: answer requests with the bundle's classical tools (CPU pool)."""
 import pyarrow as pa
 
-from reasonrec.batch.stages import ScoreConfig, ToolStage
+from reasonrec.batch.config import ScoreConfig
+from reasonrec.batch.tool_stage import ToolStage
 from reasonrec.bundle import Bundle
 
 

@@ -13,8 +13,6 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import pyarrow as pa
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--requests", required=True, help="request shards: a prefix of *.parquet or one file")
@@ -23,12 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-date", help="YYYY-MM-DD (default: today, UTC)")
     parser.add_argument("--force", action="store_true", help="rescore a date that already has a committed run")
     parser.add_argument("--batch-size", type=int, help="rows per tool-actor batch")
-    parser.add_argument("--tool-actors", type=int, help="maximum size of the tool actor pool")
+    parser.add_argument("--tool-actors", type=int, help="size of the tool actor pool")
     parser.add_argument("--config", help="YAML with ScoreConfig fields (flags override it)")
 
 
 def score_config(args):
-    from reasonrec.batch.stages import ScoreConfig
+    from reasonrec.batch.config import ScoreConfig
     from reasonrec.config import from_dict, load_yaml
 
     values = load_yaml(args.config)
@@ -43,11 +41,12 @@ def run(args, config=None, log=print) -> dict:
     from ray.data import ActorPoolStrategy
 
     from actors.horizon import HorizonActor
+    from actors.request_source import RequestShards
     from actors.results_sink import ResultsDatasink
     from actors.tools import ToolActor
     from reasonrec import storage
     from reasonrec.batch import commit, requests
-    from reasonrec.batch.stages import check_bundle
+    from reasonrec.batch.config import check_bundle
     from reasonrec.bundle import Bundle
 
     config = config or score_config(args)
@@ -63,34 +62,29 @@ def run(args, config=None, log=print) -> dict:
 
     shards = requests.list_shards(storage.absolute(args.requests))
     with ThreadPoolExecutor(16) as pool:  # footers only: an independent count of what must come out
-        rows_in = sum(pool.map(requests.rows_in_shard, shards))
+        shard_rows = list(pool.map(requests.rows_in_shard, shards))
+    rows_in = sum(shard_rows)
     log(f"scoring {rows_in} requests from {len(shards)} shard(s) with bundle {bundle.version} -> {run.uri}")
 
     if not ray.is_initialized():
         ray.init()  # joins RAY_ADDRESS when set (ray job submit), else starts a local instance
-    read_args = {"num_cpus": config.io_cpus}
-    ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards))
-    ds = ds.map_batches(_read_shards, batch_size=1, batch_format="pyarrow", **read_args)
+    io_args = {"num_cpus": config.io_cpus}
+    ds = ray.data.read_datasource(RequestShards(shards, shard_rows), override_num_blocks=len(shards),
+                                  ray_remote_args=io_args)
     ds = ds.map_batches(HorizonActor, fn_constructor_kwargs={"bundle_uri": bundle_uri, "config": config},
                         batch_size=config.horizon_batch_size, batch_format="pyarrow",
                         compute=ActorPoolStrategy(size=1), num_cpus=config.horizon_actor_cpus)
     ds = ds.map_batches(ToolActor, fn_constructor_kwargs={"bundle_uri": bundle_uri, "config": config},
                         batch_size=config.batch_size, batch_format="pyarrow",
-                        compute=ActorPoolStrategy(min_size=1, max_size=config.tool_actors),
+                        compute=ActorPoolStrategy(size=config.tool_actors),
                         num_cpus=config.tool_actor_cpus)
     sink = ResultsDatasink(run, rows_in, header={
         "requests": storage.absolute(args.requests), "bundle": bundle_uri, "bundle_version": bundle.version,
         "shards": len(shards), "config": _plain(config)})
-    ds.write_datasink(sink, ray_remote_args=read_args)
+    ds.write_datasink(sink, ray_remote_args=io_args)
     manifest = sink.manifest
     log(summary(manifest))
     return manifest
-
-
-def _read_shards(batch: pa.Table) -> pa.Table:
-    from reasonrec.batch.requests import read_shard
-
-    return pa.concat_tables([read_shard(uri) for uri in batch.column("shard").to_pylist()])
 
 
 def _plain(config) -> dict:

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from reasonrec import storage
-from reasonrec.tools.base import Tool
 
 MANIFEST = "manifest.json"
 
@@ -56,7 +55,9 @@ class Bundle:
     def item_ids(self) -> np.ndarray:
         return np.array(json.loads(self.read("vocab/items.json")), dtype=object)
 
-    def load_tool(self, name: str) -> Tool:
+    def load_tool(self, name: str):
+        from reasonrec.tools.base import Tool  # torch: only where a tool is loaded
+
         if name not in self.manifest.get("tools", {}):
             raise BundleError(f"{self.uri}: no tool {name!r}; the bundle has {self.tool_names}")
         prefix = f"tools/{name}/"

@@ -88,10 +88,10 @@ def cmd_evaluate(args) -> dict:
 
 
 def cmd_requests(args) -> dict:
+    import pyarrow as pa
+
     from reasonrec.batch.requests import requests_for_split, write_requests
     from reasonrec.data.prepared import PreparedData
-
-    import pyarrow as pa
 
     data = PreparedData(args.data)
     table = pa.concat_tables([requests_for_split(data, args.split, task, args.k, seed=args.seed)

@@ -8,13 +8,15 @@ import pytest
 
 from reasonrec import storage
 from reasonrec.batch import commit
+from reasonrec.batch.config import ScoreConfig
+from reasonrec.batch.horizon_stage import HorizonStage
 from reasonrec.batch.requests import (
     conform,
     read_shard,
     requests_for_split,
     write_requests,
 )
-from reasonrec.batch.stages import HorizonStage, ScoreConfig, ToolStage
+from reasonrec.batch.tool_stage import ToolStage
 from reasonrec.bundle import Bundle
 from reasonrec.cli import main
 from reasonrec.data import schemas

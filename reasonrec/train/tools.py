@@ -6,7 +6,6 @@ import json
 import tempfile
 import time
 
-
 from reasonrec import storage
 from reasonrec.bundle import BundleWriter
 from reasonrec.data.prepared import PreparedData

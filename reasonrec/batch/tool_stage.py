@@ -1,11 +1,9 @@
-"""The nightly job's stages as plain objects (``table -> table``); ``actors/`` wraps them for Ray Data.
+"""The tools answer: the task's primary classical tool scores the catalogue (or the given candidates), top k.
 
-HorizonStage validates each request and adds ``horizon`` and ``route``; ToolStage answers with the task's primary
-classical tool and keeps the top k. Rows rejected earlier pass through untouched.
+Rows rejected by an earlier stage pass through with empty answer columns, so every row reaches the sink.
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import numpy as np
@@ -13,64 +11,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from reasonrec.batch.requests import STREAM, Validator, history_indices, history_sequences
+from reasonrec.batch.config import ScoreConfig
+from reasonrec.batch.requests import STREAM, history_sequences
 from reasonrec.bundle import Bundle
 from reasonrec.data import schemas
 from reasonrec.data.vocab import Vocab
-from reasonrec.horizon import EvidenceHorizon
 from reasonrec.tools.base import Tool, exclude_seen
 
 ANSWER_COLUMNS = ("confidence", "ranked", "tools", "trace", "model_version", "latency_ms")
-
-
-@dataclasses.dataclass
-class ScoreConfig:
-    """How the nightly job answers and how big its pools are (YAML ``--config``; flags override)."""
-
-    # The classical tool that answers each task (DESIGN §4, route ``low``; tools-only until the planner).
-    primary: dict = dataclasses.field(
-        default_factory=lambda: {"sequential": "sasrec", "direct": "lightgcn", "ctr": "lightgcn"})
-    max_k: int = 100
-    batch_size: int = 1024  # rows per tool-actor call
-    horizon_batch_size: int = 4096
-    tool_actors: int = 1  # the pool grows from 1 to this many actors
-    tool_actor_cpus: float = 0.5
-    horizon_actor_cpus: float = 0.25
-    io_cpus: float = 0.25  # shard reads and result writes
-    torch_threads: int = 2
-
-    def __post_init__(self):
-        for name in ("max_k", "batch_size", "horizon_batch_size", "tool_actors", "torch_threads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ScoreConfig.{name} must be >= 1, got {getattr(self, name)}")
-        unknown = set(self.primary) - set(schemas.TASKS)
-        if unknown:
-            raise ValueError(f"ScoreConfig.primary: unknown task(s) {sorted(unknown)}; tasks are {schemas.TASKS}")
-
-
-def check_bundle(bundle: Bundle, config: ScoreConfig) -> None:
-    """Fail before the job starts when the bundle cannot answer a configured task."""
-    missing = {task: tool for task, tool in config.primary.items() if tool not in bundle.tool_names}
-    if missing:
-        raise ValueError(f"bundle {bundle.uri} has tools {bundle.tool_names} but the score config names "
-                         f"{missing} (ScoreConfig.primary)")
-    if "horizon.json" not in bundle.manifest["files"]:
-        raise ValueError(f"bundle {bundle.uri} has no horizon.json (train it with `reasonrec train-tools`)")
-
-
-class HorizonStage:
-    def __init__(self, bundle: Bundle, config: ScoreConfig):
-        self.vocab = Vocab(bundle.item_ids(), offset=1)
-        self.horizon = EvidenceHorizon.from_json(bundle.read("horizon.json"))
-        self.validate = Validator(self.vocab, config.max_k, tuple(config.primary))
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        batch = self.validate(batch)
-        lengths, items = history_indices(batch, self.vocab)
-        offsets = np.concatenate([[0], np.cumsum(lengths)])
-        c = self.horizon.apply(lengths, offsets, items)
-        batch = batch.append_column("horizon", pa.array(c, pa.float32()))
-        return batch.append_column("route", pa.array(self.horizon.route(c), pa.string()))
 
 
 class ToolStage:

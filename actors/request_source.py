@@ -1,0 +1,35 @@
+"""Ray Data source of request shards: one read task per shard, each a plain ``read_shard`` call.
+
+A shard that cannot be read, or lacks a required column, comes out as quarantine rows rather than failing
+the job (``reasonrec.batch.requests``).
+"""
+from __future__ import annotations
+
+import functools
+
+from ray.data.block import BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
+
+from reasonrec.batch.requests import STREAM, read_shard
+
+
+class RequestShards(Datasource):
+    def __init__(self, shards: list[str], rows: list[int]):
+        super().__init__()
+        self.shards = shards
+        self.rows = rows  # per shard, from its footer: lets Ray Data size blocks before reading
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return None
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list[ReadTask]:
+        # One task per shard whatever the requested parallelism: a shard is the unit of quarantine.
+        return [
+            ReadTask(functools.partial(_read, uri), BlockMetadata(num_rows=rows, size_bytes=None, exec_stats=None,
+                                                                  input_files=[uri]), schema=STREAM)
+            for uri, rows in zip(self.shards, self.rows)
+        ]
+
+
+def _read(uri: str):
+    yield read_shard(uri)

@@ -1,0 +1,149 @@
+"""Throughput and peak memory of the nightly job vs the same scoring called directly, measured in the same run.
+
+    python benchmarks/nightly_job.py [--data /tmp/rr/beauty] [--bundle /tmp/rr/beauty-bundle] [--task sequential]
+                                     [--scales 1,2] [--batch-size N] [--tool-actors N]
+
+For each scale s, the requests are every evaluated user of the test split, repeated s times, in 5,000-row
+shards on local disk. "direct" reads the same shards and runs the same HorizonStage + ToolStage in this process,
+batch by batch; "job" is the whole Ray Data job (plan, actor start-up and bundle loads, streaming, commit) on
+an already started local Ray. Their ratio is what Ray costs. Peak memory is the proportional set size (PSS,
+shared pages split between processes) of this process and all its descendants (the local Ray cluster),
+sampled every 0.5 s, minus the same sum just before the job: streaming means doubling the requests must not
+double it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import torch
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def pss_bytes(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+                    break
+        except OSError:
+            pass
+    return total
+
+
+class PeakMemory:
+    def __init__(self):
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, pss_bytes(descendants(os.getpid())))
+            time.sleep(0.5)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def direct(shards: list[str], bundle, config, threads: int) -> float:
+    """The same stages, in this process, no Ray, with every core for torch."""
+    from reasonrec.batch.horizon_stage import HorizonStage
+    from reasonrec.batch.requests import read_shard
+    from reasonrec.batch.tool_stage import ToolStage
+
+    horizon, tools = HorizonStage(bundle, config), ToolStage(bundle, config)
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    for shard in shards:
+        table = horizon(read_shard(shard))
+        for lo in range(0, table.num_rows, config.batch_size):
+            tools(table.slice(lo, config.batch_size))
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    import argparse as ap
+
+    import ray
+
+    from jobs.nightly_score import run
+    from reasonrec.batch.config import ScoreConfig
+    from reasonrec.batch.requests import list_shards, requests_for_split, write_requests
+    from reasonrec.bundle import Bundle
+    from reasonrec.data.prepared import PreparedData
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="/tmp/rr/beauty")
+    parser.add_argument("--bundle", default="/tmp/rr/beauty-bundle")
+    parser.add_argument("--task", default="sequential")
+    parser.add_argument("--scales", default="1,2")
+    parser.add_argument("--batch-size", type=int, default=ScoreConfig.batch_size)
+    parser.add_argument("--tool-actors", type=int, default=ScoreConfig.tool_actors)
+    parser.add_argument("--threads", type=int, default=ScoreConfig.torch_threads, help="torch threads per actor")
+    parser.add_argument("--direct-threads", type=int, default=os.cpu_count(), help="torch threads, direct run")
+    args = parser.parse_args()
+    config = ScoreConfig(batch_size=args.batch_size, tool_actors=args.tool_actors, torch_threads=args.threads)
+    bundle = Bundle(args.bundle)
+    base = requests_for_split(PreparedData(args.data), "test", args.task, k=10)
+
+    start = time.perf_counter()
+    ray.init(include_dashboard=False, log_to_driver=False)
+    print(f"ray.init: {time.perf_counter() - start:.1f} s (not counted below)")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for scale in (int(s) for s in args.scales.split(",")):
+            requests = f"{tmp}/requests-x{scale}"
+            write_requests(pa.concat_tables([base] * scale), requests, shard_rows=5000)
+            shards = list_shards(requests)
+            direct_s = direct(shards, bundle, config, args.direct_threads)
+            idle = pss_bytes(descendants(os.getpid()))
+            with PeakMemory() as memory:
+                start = time.perf_counter()
+                manifest = run(ap.Namespace(requests=requests, bundle=args.bundle, output=f"{tmp}/out-x{scale}",
+                                            run_date=None, force=True), config, log=lambda *_: None)
+                job_s = time.perf_counter() - start
+            assert manifest["rows_out"] == base.num_rows * scale, manifest
+            rows.append((scale, base.num_rows * scale, job_s, direct_s, (memory.peak - idle) / 2**20))
+            time.sleep(3)  # let idle actors go before the next scale's baseline
+    print(f"\n{args.task} on {args.data}: batch {config.batch_size}, {config.tool_actors} tool actor(s) "
+          f"x {config.tool_actor_cpus} CPU x {config.torch_threads} torch thread(s); direct: "
+          f"{args.direct_threads} thread(s); {os.cpu_count()} cores")
+    print(f"{'scale':>5} {'rows':>7} {'job s':>7} {'job users/s':>11} {'direct users/s':>14} {'ratio':>6} "
+          f"{'peak MiB over idle':>18}")
+    for scale, n, job_s, direct_s, peak in rows:
+        print(f"{scale:>5} {n:>7} {job_s:>7.1f} {n / job_s:>11.0f} {n / direct_s:>14.0f} "
+              f"{job_s / direct_s:>5.2f}x {peak:>18.0f}")
+    if len(rows) > 1:
+        print(f"peak memory x{rows[-1][0] / rows[0][0]:.0f} requests: x{rows[-1][4] / rows[0][4]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""First stage of the nightly job: validate each request, add its evidence horizon and route (no torch here)."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from reasonrec.batch.config import ScoreConfig
+from reasonrec.batch.requests import Validator, history_indices
+from reasonrec.bundle import Bundle
+from reasonrec.data.vocab import Vocab
+from reasonrec.horizon import EvidenceHorizon
+
+
+class HorizonStage:
+    def __init__(self, bundle: Bundle, config: ScoreConfig):
+        self.vocab = Vocab(bundle.item_ids(), offset=1)
+        self.horizon = EvidenceHorizon.from_json(bundle.read("horizon.json"))
+        self.validate = Validator(self.vocab, config.max_k, tuple(config.primary))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        batch = self.validate(batch)
+        lengths, items = history_indices(batch, self.vocab)
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        c = self.horizon.apply(lengths, offsets, items)
+        batch = batch.append_column("horizon", pa.array(c, pa.float32()))
+        return batch.append_column("route", pa.array(self.horizon.route(c), pa.string()))
