@@ -9,6 +9,7 @@ run's manifest. ``reasonrec score`` is the same job.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -80,17 +81,11 @@ def run(args, config=None, log=print) -> dict:
                         num_cpus=config.tool_actor_cpus)
     sink = ResultsDatasink(run, rows_in, header={
         "requests": storage.absolute(args.requests), "bundle": bundle_uri, "bundle_version": bundle.version,
-        "shards": len(shards), "config": _plain(config)})
+        "shards": len(shards), "config": dataclasses.asdict(config)})
     ds.write_datasink(sink, ray_remote_args=io_args)
     manifest = sink.manifest
     log(summary(manifest))
     return manifest
-
-
-def _plain(config) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(config)
 
 
 def summary(manifest: dict) -> str:
