@@ -69,9 +69,8 @@ def run(args, config=None, log=print) -> dict:
 
     if not ray.is_initialized():
         ray.init()  # joins RAY_ADDRESS when set (ray job submit), else starts a local instance
-    io_args = {"num_cpus": config.io_cpus}
     ds = ray.data.read_datasource(RequestShards(shards, shard_rows), override_num_blocks=len(shards),
-                                  ray_remote_args=io_args)
+                                  num_cpus=config.io_cpus)
     ds = ds.map_batches(HorizonActor, fn_constructor_kwargs={"bundle_uri": bundle_uri, "config": config},
                         batch_size=config.horizon_batch_size, batch_format="pyarrow",
                         compute=ActorPoolStrategy(size=1), num_cpus=config.horizon_actor_cpus)
@@ -82,7 +81,7 @@ def run(args, config=None, log=print) -> dict:
     sink = ResultsDatasink(run, rows_in, header={
         "requests": storage.absolute(args.requests), "bundle": bundle_uri, "bundle_version": bundle.version,
         "shards": len(shards), "config": dataclasses.asdict(config)})
-    ds.write_datasink(sink, ray_remote_args=io_args)
+    ds.write_datasink(sink, ray_remote_args={"num_cpus": config.io_cpus})
     manifest = sink.manifest
     log(summary(manifest))
     return manifest
