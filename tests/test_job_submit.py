@@ -29,7 +29,9 @@ def head_node():
          # The test session's own Ray already holds the default agent ports.
          f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
          f"--metrics-export-port={free_port()}", f"--ray-client-server-port={free_port()}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        # As on a real node, `python` in a job's entrypoint is the environment Ray runs in.
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
     address = f"http://127.0.0.1:{dashboard}"
     deadline = time.time() + 120
     while subprocess.run([RAY, "job", "list", "--address", address], capture_output=True).returncode != 0:
