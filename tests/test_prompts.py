@@ -1,0 +1,83 @@
+import re
+
+import pytest
+
+from reasonrec.prompts.cot import Deliberation, format_target, parse_target
+from reasonrec.prompts.templates import (
+    ANSWER_FIELDS,
+    IMAGE,
+    LABELS,
+    Item,
+    load_templates,
+    render,
+    templates_for,
+)
+
+HISTORY = [Item("Rose oil", "s3://b/i/1.png"), Item("Clay mask")]
+CANDIDATES = [Item(f"cand {i}", f"/img/{i}.png" if i % 2 else None) for i in range(20)]
+VALUES = dict(user="u42", profile="12 purchases, mostly skin care", history=HISTORY, candidates=CANDIDATES,
+              item=Item("Night cream", "/img/n.png"), horizon=0.8234, rating=4)
+
+
+def test_four_tasks_ten_templates_each_with_distinct_texts():
+    templates = load_templates()
+    assert len(templates) == 40
+    for task in ("sequential", "direct", "ctr", "explain"):
+        texts = [t.text for t in templates_for(task)]
+        assert len(texts) == 10 and len(set(texts)) == 10
+    assert {t.metric for t in templates_for("ctr")} == {"AUC"}
+
+
+@pytest.mark.parametrize("template", load_templates(), ids=lambda t: t.id)
+def test_every_placeholder_is_filled_and_no_template_names_the_answer(template):
+    assert not ANSWER_FIELDS & set(template.fields)
+    prompt = render(template, **VALUES)
+    assert not re.search(r"{\w+}", prompt.text)
+    assert prompt.text.count(IMAGE) == len(prompt.images)
+    if template.task == "explain":
+        assert "horizon" not in template.fields and "4" in prompt.text
+    else:
+        assert "0.82" in prompt.text
+    if template.task == "sequential":
+        assert prompt.labels == LABELS[:20] and "T) cand 19 <image>" in prompt.text
+        assert prompt.images[0] == "s3://b/i/1.png"  # the history comes before the candidates in every template
+    else:
+        assert prompt.labels == () and "Night cream <image>" in prompt.text
+
+
+def test_missing_value_and_too_many_candidates_are_named():
+    with pytest.raises(ValueError, match=r"no value for {horizon}"):
+        render(templates_for("direct")[0], **{**VALUES, "horizon": None})
+    with pytest.raises(ValueError, match="at most 52"):
+        render(templates_for("sequential")[0], **{**VALUES, "candidates": CANDIDATES * 3})
+
+
+@pytest.mark.parametrize("d", [
+    Deliberation("consult", "C", 0.8234, "high", ("sasrec", "lightgcn"), ("C", "A"), 0.53),
+    Deliberation("delegate", "B", 0.12, "low", ("sasrec",), ("B",), 0.91),
+    Deliberation("answer", "yes", 0.5, "medium", confidence=0.7),
+    Deliberation("answer", "Rich and soothing;\nworth four stars."),
+])
+def test_cot_target_round_trip(d):
+    text = format_target(d)
+    back = parse_target(text)
+    assert back.decision == d.decision and back.answer == d.answer and back.tools == d.tools
+    assert back.tool_outputs == d.tool_outputs and back.level == d.level
+    assert back.horizon == (round(d.horizon, 2) if d.horizon is not None else None)
+    assert back.confidence == (round(d.confidence, 2) if d.confidence is not None else None)
+
+
+def test_cot_target_reads_like_the_design():
+    text = format_target(Deliberation("consult", "C", 0.82, "high", ("sasrec", "lightgcn"), ("C", "A"), 0.53))
+    assert text == "EH: 0.82 (high); decision: consult sasrec, lightgcn\ntools: sasrec -> C; lightgcn -> A\n" \
+                   "answer: C; confidence: 0.53"
+
+
+@pytest.mark.parametrize("text,message", [
+    ("EH: 0.8 (warm); decision: answer\nanswer: A", "line 1"),
+    ("decision: consult a, b\ntools: a -> A\nanswer: A", "does not match"),
+    ("decision: answer\nresult: A", "answer line"),
+])
+def test_cot_parser_names_the_bad_line(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_target(text)
