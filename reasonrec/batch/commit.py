@@ -60,18 +60,23 @@ def write_part(table: pa.Table, run: Run) -> dict:
     if quarantine.num_rows:
         storage.write_parquet(quarantine, storage.join(run.uri, "quarantine", name))
         written["quarantine"].append(f"quarantine/{name}")
-    latency = results.column("latency_ms").to_numpy(zero_copy_only=False).astype(np.float64)
-    routes = results.column("route").to_numpy(zero_copy_only=False)
+    latency = results.group_by("route").aggregate([("latency_ms", "sum")])
     return {
         **written,
         "rows_out": results.num_rows,
         "rows_quarantined": quarantine.num_rows,
-        "routes": dict(Counter(routes.tolist())),
-        "tasks": dict(Counter(results.column("task").to_pylist())),
-        "quarantine_stages": dict(Counter(quarantine.column("stage").to_pylist())),
-        "latency_ms_sum": {r: float(latency[routes == r].sum()) for r in set(routes.tolist())},
-        "tool_rows": int(np.count_nonzero(pc.fill_null(pc.list_value_length(results.column("tools")), 0))),
+        "routes": _counts(results.column("route")),
+        "tasks": _counts(results.column("task")),
+        "quarantine_stages": _counts(quarantine.column("stage")),
+        "latency_ms_sum": dict(zip(latency.column("route").to_pylist(), latency.column("latency_ms_sum").to_pylist())),
+        "tool_rows": int(pc.sum(pc.greater(pc.fill_null(pc.list_value_length(results.column("tools")), 0), 0))
+                         .as_py() or 0),
     }
+
+
+def _counts(column: pa.ChunkedArray) -> dict:
+    counts = pc.value_counts(column)
+    return dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()))
 
 
 def _results(table: pa.Table, run_id: str) -> pa.Table:

@@ -106,29 +106,19 @@ def read_shard(uri: str) -> pa.Table:
 
 def conform(table: pa.Table, shard: str) -> pa.Table:
     """Cast a shard to the requests schema; a missing required column or an uncastable column rejects every row."""
-    missing = [c for c in schemas.REQUIRED_REQUEST_COLUMNS if c not in table.column_names]
-    problem = f"missing required column(s) {missing}; found {table.column_names}" if missing else None
-    columns = []
-    for field in schemas.REQUESTS if problem is None else ():
-        if field.name not in table.column_names:
-            columns.append(pa.nulls(table.num_rows, field.type))
-            continue
-        column = table.column(field.name)
-        if field.name == "k" and pa.types.is_integer(column.type):
-            # An out-of-range k is one bad row, not a bad shard: null it here, the validator names it.
-            fits = pc.and_(pc.greater_equal(column, -(2**31)), pc.less(column, 2**31))
-            column = pc.if_else(fits, column, pa.scalar(None, column.type))
-        try:
-            columns.append(column.cast(field.type))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-            problem = f"column {field.name!r} cannot be read as {field.type}: {e}"
-            break
+    if "k" in table.column_names and pa.types.is_integer(table.schema.field("k").type):
+        # An out-of-range k is one bad row, not a bad shard: null it here, the validator names it.
+        k = table.column("k")
+        fits = pc.and_(pc.greater_equal(k, -(2**31)), pc.less(k, 2**31))
+        table = table.set_column(table.schema.get_field_index("k"), "k", pc.if_else(fits, k, pa.scalar(None, k.type)))
     rows = np.arange(table.num_rows)
-    if problem is not None:
+    try:
+        requests = schemas.conform(table, schemas.REQUESTS, shard, required=schemas.REQUIRED_REQUEST_COLUMNS)
+    except ValueError as e:
         raw = [json.dumps(r, default=str) for r in table.to_pylist()]
-        return _rejected(shard, rows, raw, problem, "read")
+        return _rejected(shard, rows, raw, str(e), "read")
     n = table.num_rows
-    return pa.Table.from_arrays(columns + [
+    return pa.Table.from_arrays(requests.columns + [
         pa.array(np.full(n, shard), pa.string()), pa.array(rows, pa.int64()),
         pa.nulls(n, pa.string()), pa.nulls(n, pa.string()), pa.nulls(n, pa.string()),
     ], schema=STREAM)

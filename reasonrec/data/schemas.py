@@ -29,15 +29,16 @@ CANDIDATES = pa.schema([
 REQUIRED = {"interactions": ("user_id", "item_id"), "items": ("item_id",)}
 
 
-def conform(table: pa.Table, schema: pa.Schema, source: str) -> pa.Table:
+def conform(table: pa.Table, schema: pa.Schema, source: str, required: tuple[str, ...] | None = None) -> pa.Table:
     """Cast ``table`` to ``schema``: required columns must exist, optional ones are filled with nulls.
 
+    ``required`` defaults to the contract's (interactions: user_id, item_id, ts; items: item_id).
     Raises ValueError naming the source and the field on a missing required column or a failed cast.
     """
-    kind = "interactions" if schema is INTERACTIONS else "items"
-    missing = [c for c in REQUIRED.get(kind, ()) if c not in table.column_names]
-    if schema is INTERACTIONS and "ts" not in table.column_names:
-        missing.append("ts")
+    if required is None:
+        kind = "interactions" if schema is INTERACTIONS else "items"
+        required = REQUIRED.get(kind, ()) + (("ts",) if schema is INTERACTIONS else ())
+    missing = [c for c in required if c not in table.column_names]
     if missing:
         raise ValueError(f"{source}: missing required column(s) {missing}; found {table.column_names}")
     columns = []
