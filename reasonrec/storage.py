@@ -142,10 +142,3 @@ def parquet_rows(uri: str) -> int | None:
             return pq.ParquetFile(f).metadata.num_rows
     except (OSError, pa.ArrowException):
         return None
-
-
-def worker_env() -> dict[str, str]:
-    """The storage settings of this process, for Ray workers started elsewhere (``runtime_env``)."""
-    names = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-             "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION")
-    return {name: os.environ[name] for name in names if name in os.environ}
