@@ -55,6 +55,21 @@ class Bundle:
     def item_ids(self) -> np.ndarray:
         return np.array(json.loads(self.read("vocab/items.json")), dtype=object)
 
+    def materialise(self, prefix: str, folder: str | Path) -> Path:
+        """Copy the files under ``prefix`` into a local folder, each verified against its checksum."""
+        rels = [r for r in self.manifest["files"] if r.startswith(prefix)]
+        if not rels:
+            raise BundleError(f"{self.uri}: nothing under {prefix} (for vlm/: run `reasonrec finetune-vlm`)")
+        for rel in rels:
+            target = Path(folder) / rel[len(prefix):]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(self.read(rel))
+        return Path(folder)
+
+    def vlm_folder(self, folder: str | Path) -> Path:
+        """The fine-tuned VLM as a local Hugging Face folder (transformers and vLLM load from a path)."""
+        return self.materialise("vlm/", folder)
+
     def load_tool(self, name: str):
         from reasonrec.tools.base import Tool  # torch: only where a tool is loaded
 
@@ -62,11 +77,7 @@ class Bundle:
             raise BundleError(f"{self.uri}: no tool {name!r}; the bundle has {self.tool_names}")
         prefix = f"tools/{name}/"
         with tempfile.TemporaryDirectory() as tmp:
-            for rel in (r for r in self.manifest["files"] if r.startswith(prefix)):
-                target = Path(tmp) / rel[len(prefix):]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(self.read(rel))
-            return Tool.load(tmp)
+            return Tool.load(self.materialise(prefix, tmp))
 
 
 class BundleWriter:
@@ -76,6 +87,7 @@ class BundleWriter:
         self.uri = uri
         self._stage = Path(tempfile.mkdtemp(prefix="reasonrec-bundle-"))
         self._tools: dict[str, dict] = {}
+        self._vlm: dict | None = None
         self._extra: dict = {}
 
     def __enter__(self) -> "BundleWriter":
@@ -93,14 +105,20 @@ class BundleWriter:
         shutil.copytree(folder, self._stage / "tools" / name, dirs_exist_ok=True)
         self._tools[name] = {"metrics": metrics}
 
+    def add_vlm(self, folder: str | Path, info: dict) -> None:
+        """The fine-tuned VLM's HF folder under ``vlm/``; replaces the previous one as a whole."""
+        shutil.copytree(folder, self._stage / "vlm", dirs_exist_ok=True)
+        self._vlm = info
+
     def update(self, **fields) -> None:
         self._extra.update(fields)
 
     def commit(self) -> dict:
         """Merge with the previous manifest (tools not retrained are kept), upload, write the manifest last."""
         previous = Bundle(self.uri).manifest if storage.exists(storage.join(self.uri, MANIFEST)) else {}
+        replaced = [f"tools/{n}/" for n in self._tools] + (["vlm/"] if self._vlm is not None else [])
         files = {rel: sha for rel, sha in previous.get("files", {}).items()
-                 if not any(rel.startswith(f"tools/{n}/") for n in self._tools)}
+                 if not any(rel.startswith(prefix) for prefix in replaced)}
         staged = sorted(p for p in self._stage.rglob("*") if p.is_file())
         for path in staged:
             files[path.relative_to(self._stage).as_posix()] = storage.sha256(path.read_bytes())
@@ -109,6 +127,7 @@ class BundleWriter:
             "version": dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8],
             "created": dt.datetime.now(dt.timezone.utc).isoformat(),
             "tools": {**previous.get("tools", {}), **self._tools},
+            **({"vlm": self._vlm} if self._vlm is not None else {}),
             "files": files,
         }
         storage.delete(storage.join(self.uri, MANIFEST))

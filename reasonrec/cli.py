@@ -1,4 +1,4 @@
-"""``reasonrec`` command line: synth, prepare, train-tools, evaluate, demo."""
+"""``reasonrec`` command line: synth, prepare, train-tools, finetune-vlm, requests, score, evaluate, demo."""
 from __future__ import annotations
 
 import argparse
@@ -63,6 +63,30 @@ def cmd_train_tools(args) -> dict:
     print(f"bundle {manifest['version']} committed to {args.bundle} with tools {sorted(manifest['tools'])} "
           f"in {time.perf_counter() - start:.0f}s")
     return manifest
+
+
+def finetune_config(args):
+    from reasonrec.config import from_dict, load_yaml
+    from reasonrec.vlm.finetune import FinetuneConfig
+
+    values = load_yaml(args.config)
+    for flag in ("steps", "batch_size", "lr", "lora_rank", "workers", "cpus_per_worker", "eval_users",
+                 "storage_path", "seed"):
+        if getattr(args, flag) is not None:
+            values[flag] = getattr(args, flag)
+    if args.gpu:
+        values["use_gpu"] = True
+    if args.noise is not None:
+        values.setdefault("examples", {})["noise"] = args.noise
+    return from_dict(FinetuneConfig, values)
+
+
+def cmd_finetune_vlm(args) -> dict:
+    from reasonrec.vlm.finetune import finetune_vlm
+
+    config = finetune_config(args)
+    _ray_init()
+    return finetune_vlm(args.data, args.bundle, config, base=args.base)
 
 
 def cmd_evaluate(args) -> dict:
@@ -176,6 +200,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage-path", help="Ray Train run storage (shared storage on a multi-node cluster)")
     p.add_argument("--epochs", type=int, help="max epochs for every tool")
     p.set_defaults(func=cmd_train_tools)
+
+    p = sub.add_parser("finetune-vlm", help="R-VIT: fine-tune the VLM deliberator with Ray Train, add vlm/ to the bundle")
+    p.add_argument("--data", required=True)
+    p.add_argument("--bundle", required=True, help="a bundle with tools (its tools label the R-VIT examples)")
+    p.add_argument("--base", help="a local Hugging Face VLM folder (Idefics3/SmolVLM, ...) to tune with LoRA; "
+                                  "default: build the tiny Idefics3 from config and train it in full")
+    p.add_argument("--config", help="YAML with FinetuneConfig fields (examples: {...}, curriculum: {...}, tiny: {...})")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--lora-rank", type=int, help="0: full fine-tune")
+    p.add_argument("--noise", type=float, help="share of tool outputs replaced by a wrong answer")
+    p.add_argument("--workers", type=int)
+    p.add_argument("--cpus-per-worker", type=float)
+    p.add_argument("--gpu", action="store_true", help="one GPU per Ray Train worker")
+    p.add_argument("--eval-users", type=int, help="held-out users for the HR@1 report (0: skip)")
+    p.add_argument("--storage-path", help="Ray Train run storage (shared storage on a multi-node cluster)")
+    p.add_argument("--seed", type=int)
+    p.set_defaults(func=cmd_finetune_vlm)
 
     p = sub.add_parser("requests", help="write request shards (one row per evaluated user and task) from a split")
     p.add_argument("--data", required=True)

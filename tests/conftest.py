@@ -98,3 +98,20 @@ def require_shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def vlm_bundle_uri(bundle_uri, synthetic_data, ray_session):
+    """A copy of the tools bundle with a tiny VLM fine-tuned by ``finetune_vlm`` (Ray Train, a few steps)."""
+    from reasonrec import storage
+    from reasonrec.vlm.build import TinyVLMConfig
+    from reasonrec.vlm.examples import ExamplesConfig
+    from reasonrec.vlm.finetune import FinetuneConfig, finetune_vlm
+
+    uri = "s3://reasonrec-test/vlm/bundle"
+    for rel in storage.list_files(bundle_uri):
+        storage.write_bytes(storage.join(uri, rel), storage.read_bytes(storage.join(bundle_uri, rel)))
+    config = FinetuneConfig(steps=12, batch_size=4, lr=3e-3, log_every=4, eval_users=12,
+                            tiny=TinyVLMConfig(vocab_size=1024), examples=ExamplesConfig(candidates=8, per_user=1))
+    finetune_vlm(synthetic_data.uri, uri, config, log=lambda *_: None)
+    return uri

@@ -35,15 +35,24 @@ class Deliberation:
             raise ValueError(f"decision {self.decision!r} needs tools")
 
 
-def format_target(d: Deliberation) -> str:
+def format_context(d: Deliberation) -> str:
+    """The lines before the answer: what the planner knows before the VLM answers (horizon, decision, tool outputs).
+
+    At inference these lines are written into the prompt and the VLM is read at the answer label (DESIGN.md §5),
+    so the deliberation costs one forward pass; in training they are context, and only the answer is a target.
+    """
     head = f"decision: {d.decision}" + (f" {', '.join(d.tools)}" if d.decision != "answer" else "")
     if d.horizon is not None:
         head = f"EH: {d.horizon:.2f} ({d.level}); " + head
     lines = [head]
     if d.tool_outputs:
         lines.append("tools: " + "; ".join(f"{t} -> {o}" for t, o in zip(d.tools, d.tool_outputs)))
-    lines.append(f"answer: {d.answer}" + (f"; confidence: {d.confidence:.2f}" if d.confidence is not None else ""))
     return "\n".join(lines)
+
+
+def format_target(d: Deliberation) -> str:
+    answer = f"answer: {d.answer}" + (f"; confidence: {d.confidence:.2f}" if d.confidence is not None else "")
+    return format_context(d) + "\n" + answer
 
 
 _HEAD = re.compile(r"^(?:EH: (?P<eh>[0-9.]+) \((?P<level>low|medium|high)\); )?"

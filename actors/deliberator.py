@@ -1,0 +1,21 @@
+"""Ray Data actor: the bundle's VLM deliberates on prompt rows (GPU pool when the cluster has GPUs)."""
+import pyarrow as pa
+
+from reasonrec.batch.deliberator_stage import DeliberatorStage
+from reasonrec.bundle import Bundle
+from reasonrec.vlm.deliberator import DeliberatorConfig
+
+
+class DeliberatorActor:
+    def __init__(self, bundle_uri: str, config: DeliberatorConfig):
+        self.stage = DeliberatorStage(Bundle(bundle_uri), config)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.stage(batch)
+
+
+def actor_resources(config: DeliberatorConfig) -> dict:
+    """``num_cpus``/``num_gpus`` for ``map_batches``, from config and the connected cluster."""
+    import ray
+
+    return config.resources(ray.cluster_resources().get("GPU", 0))

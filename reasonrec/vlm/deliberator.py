@@ -1,0 +1,90 @@
+"""The deliberator's one interface: prompt rows in, per-candidate scores, confidence and a short trace out.
+
+A prompt row carries ``prompt`` (template text + deliberation context), ``images``, ``labels`` and ``context``
+(the CoT lines before the answer). Scores are the label probabilities renormalised over the row's choices; the
+confidence is the top one (DESIGN.md §5); the trace is the CoT with the answer and confidence filled in.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from reasonrec.prompts.templates import Prompt
+from reasonrec.vlm.backends import choices
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    scores: np.ndarray  # probability per choice, in listing order, summing to 1
+    answer: str  # the top choice's label (or yes/no)
+    confidence: float
+    trace: str
+
+
+def as_prompt(row: dict) -> Prompt:
+    return Prompt(row["prompt"], tuple(row.get("images") or ()), tuple(row.get("labels") or ()),
+                  row.get("template_id", ""))
+
+
+def verdicts(logprobs: list[np.ndarray], rows: list[dict]) -> list[Verdict]:
+    out = []
+    for lp, row in zip(logprobs, rows):
+        probs = np.exp(lp - lp.max())
+        probs /= probs.sum()
+        best = int(np.argmax(probs))
+        answer = choices(as_prompt(row))[best]
+        trace = f"{row.get('context', '')}\nanswer: {answer}; confidence: {probs[best]:.2f}".lstrip("\n")
+        out.append(Verdict(probs.astype(np.float32), answer, float(probs[best]), trace))
+    return out
+
+
+def deliberate(backend, rows: list[dict]) -> list[Verdict]:
+    """Score rows with any backend that implements ``label_logprobs``."""
+    return verdicts(backend.label_logprobs([as_prompt(r) for r in rows]), rows)
+
+
+def hit_rate_at_1(model, processor, rows: list[dict], blank_images: bool = False, batch_size: int = 8) -> float:
+    """Share of rows whose top label is the answer (transformers backend)."""
+    from reasonrec.vlm.backends import ImageCache
+    from reasonrec.vlm.backends.transformers_backend import TransformersDeliberator
+
+    backend = TransformersDeliberator(model, processor, batch_size=batch_size, images=ImageCache(blank=blank_images))
+    return float(np.mean([v.answer == r["answer"] for v, r in zip(deliberate(backend, rows), rows)]))
+
+
+@dataclasses.dataclass
+class DeliberatorConfig:
+    backend: str = "transformers"  # or "vllm"
+    batch_size: int = 8
+    threads: int = 2  # torch intra-op threads (transformers backend)
+    num_cpus: float = 0.5  # per actor: fractional, so that actors never starve Ray Data's read tasks
+    num_gpus: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    vllm: dict = dataclasses.field(default_factory=dict)  # VLLMConfig fields
+
+    def __post_init__(self):
+        if self.backend not in ("transformers", "vllm"):
+            raise ValueError(f"deliberator backend {self.backend!r}: use 'transformers' or 'vllm'")
+        if self.batch_size < 1 or self.num_cpus <= 0:
+            raise ValueError("deliberator batch_size must be >= 1 and num_cpus > 0")
+
+    def resources(self, cluster_gpus: float) -> dict:
+        """Ray resources of one deliberator actor on a cluster with ``cluster_gpus`` GPUs."""
+        gpus = self.num_gpus if self.num_gpus is not None else (1 if cluster_gpus >= 1 else 0)
+        return {"num_cpus": self.num_cpus, "num_gpus": gpus}
+
+
+def make_backend(folder, config: DeliberatorConfig):
+    """A backend over a local HF folder: vLLM, or transformers on the GPU when there is one."""
+    if config.backend == "vllm":
+        from reasonrec.vlm.backends.vllm_backend import VLLMConfig, VLLMDeliberator
+
+        return VLLMDeliberator(folder, VLLMConfig(**config.vllm))
+    import torch
+
+    from reasonrec.vlm.backends.transformers_backend import TransformersDeliberator
+    from reasonrec.vlm.build import load
+
+    torch.set_num_threads(config.threads)
+    return TransformersDeliberator(*load(folder), batch_size=config.batch_size,
+                                   device="cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,241 @@
+"""R-VIT examples (paper §3.2, Appendix A): prompts with their deliberation context and the answer to learn.
+
+The history is what the user bought before the target item (train: up to ``per_user`` examples per user, each of
+the last training items after its prefix; valid/test: one per user, the evaluation protocol's history), the positive is the target. Candidates are the
+positive and random items the user has not bought, listed under single-token labels in random order.
+Tool outputs are computed by the bundle's tools on the same history; whether a tool named the positive is the
+tool-usability label (``usable``: the tools whose clean output was right). A configurable share of tool outputs is replaced by a random wrong answer, so that the
+model learns when to override a tool.
+
+The decision follows the evidence horizon: low -> delegate to the primary tool, medium -> answer, high -> consult
+all tools. ``decision="answer"`` builds VLM-alone prompts (no tool outputs) for evaluation and ablations.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pyarrow as pa
+
+from reasonrec.data.prepared import PreparedData, Sequences
+from reasonrec.horizon import EvidenceHorizon
+from reasonrec.prompts.cot import Deliberation, format_context
+from reasonrec.prompts.templates import LABELS, Item, render, templates_for
+
+TASKS = ("sequential", "direct", "ctr", "explain")
+
+
+@dataclasses.dataclass
+class ExamplesConfig:
+    candidates: int = 20  # listed candidates per sequential prompt, one of them the positive
+    max_history: int = 5  # most recent items shown in the prompt
+    per_user: int = 3  # training examples per user: each of the last items of the training sequence as a target
+    task_shares: dict = dataclasses.field(
+        default_factory=lambda: {"sequential": 0.6, "direct": 0.15, "ctr": 0.15, "explain": 0.1})
+    tools: tuple[str, ...] = ()  # consulted tools; empty: every tool in the bundle
+    primary: str = "sasrec"  # the tool a low-risk user is delegated to
+    noise: float = 0.2  # share of tool outputs replaced by a random wrong answer
+    images: bool = True  # show item images when the catalogue has them
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 2 <= self.candidates <= len(LABELS):
+            raise ValueError(f"candidates must be in [2, {len(LABELS)}], got {self.candidates}")
+        unknown = set(self.task_shares) - set(TASKS)
+        if unknown or not sum(self.task_shares.values()) > 0:
+            raise ValueError(f"task_shares: unknown tasks {sorted(unknown)} or no positive share; tasks are {TASKS}")
+        if not 0 <= self.noise <= 1:
+            raise ValueError(f"noise must be in [0, 1], got {self.noise}")
+
+
+SCHEMA = pa.schema([
+    ("user_id", pa.string()), ("task", pa.string()), ("template_id", pa.string()), ("horizon", pa.float32()),
+    ("level", pa.string()), ("decision", pa.string()), ("prompt", pa.string()), ("images", pa.list_(pa.string())),
+    ("labels", pa.list_(pa.string())), ("candidates", pa.list_(pa.string())), ("answer", pa.string()),
+    ("context", pa.string()), ("tools", pa.list_(pa.string())), ("tool_outputs", pa.list_(pa.string())),
+    ("usable", pa.list_(pa.string())), ("noisy", pa.list_(pa.bool_())),
+])
+
+
+def split_history(data: PreparedData, split: str, per_user: int = 1) -> tuple[Sequences, np.ndarray]:
+    """(history, target item) rows: train = each of a user's last ``per_user`` training items after its prefix;
+    valid/test = the evaluation protocol (one row per user)."""
+    if split != "train":
+        evaluation = data.eval_set(split)
+        return evaluation.history, evaluation.target
+    train = data.train
+    # Targets at positions max(1, L - per_user) .. L - 1 of each sequence; the history is everything before.
+    firsts = np.maximum(1, train.lengths - per_user)
+    counts = np.maximum(train.lengths - firsts, 0)
+    user = np.repeat(np.arange(len(train)), counts)
+    position = np.repeat(firsts, counts) + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    offsets = np.concatenate([[0], np.cumsum(position)])
+    starts = np.repeat(train.offsets[user], position)
+    within = np.arange(offsets[-1]) - np.repeat(offsets[:-1], position)
+    history = Sequences(train.user_ids[user], offsets, train.items[starts + within])
+    return history, train.items[train.offsets[user] + position]
+
+
+def sample_candidates(history: Sequences, target: np.ndarray, n_items: int, n: int,
+                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(U, n) item indices with the positive at a random position, negatives unseen and distinct; positions."""
+    users = len(target)
+    seen = np.unique(np.repeat(np.arange(users), history.lengths) * (n_items + 1) + history.items)
+    negatives = np.zeros((users, n - 1), dtype=np.int64)
+    todo = np.arange(users)
+    while len(todo):
+        draw = rng.integers(1, n_items + 1, size=(len(todo), 3 * n))
+        ordered = np.sort(draw, axis=1)
+        repeated = np.zeros_like(draw, dtype=bool)
+        repeated[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
+        # Map the sorted-duplicate mask back to draw order: keep the first occurrence of each value.
+        order = np.argsort(draw, axis=1, kind="stable")
+        duplicate = np.zeros_like(repeated)
+        np.put_along_axis(duplicate, order, repeated, axis=1)
+        pair = todo[:, None] * (n_items + 1) + draw
+        bad = duplicate | (draw == target[todo, None]) | np.isin(pair, seen)
+        enough = (~bad).sum(axis=1) >= n - 1
+        picked = np.argsort(bad, axis=1, kind="stable")[:, :n - 1]
+        negatives[todo[enough]] = np.take_along_axis(draw, picked, axis=1)[enough]
+        todo = todo[~enough]
+        if n - 1 > n_items - history.lengths.min(initial=0) - 1:
+            raise ValueError(f"catalogue of {n_items} items is too small for {n} candidates")
+    position = rng.integers(0, n, size=users)
+    out = np.empty((users, n), dtype=np.int64)
+    slots = np.arange(n)[None, :]
+    neg_col = slots - (slots > position[:, None])
+    out[:] = np.take_along_axis(negatives, np.clip(neg_col, 0, n - 2), axis=1)
+    out[slots == position[:, None]] = target
+    return out, position
+
+
+def tool_rankings(tools: dict, history: Sequences, candidates: np.ndarray, chunk: int = 2048) -> dict[str, np.ndarray]:
+    """Per tool, (U, n) candidate positions ordered best first."""
+    import torch
+
+    out = {}
+    for name, tool in tools.items():
+        ranks = []
+        for lo in range(0, len(history), chunk):
+            rows = np.arange(lo, min(lo + chunk, len(history)))
+            with torch.no_grad():
+                scores = tool.score(history.select(rows)).float()
+            picked = torch.gather(scores, 1, torch.from_numpy(candidates[rows]))
+            ranks.append(torch.argsort(picked, dim=1, descending=True, stable=True).numpy())
+        out[name] = np.concatenate(ranks) if ranks else np.zeros((0, candidates.shape[1]), dtype=np.int64)
+    return out
+
+
+class Catalogue:
+    """Item index -> prompt Item (title, image); categories for profiles and explanations."""
+
+    def __init__(self, data: PreparedData, images: bool = True):
+        items = data.table("items")
+        ids = items.column("item_id").to_pylist()
+        index = data.item_vocab.index(items.column("item_id"))
+        titles = items.column("title").to_pylist()
+        uris = items.column("image_uri").to_pylist() if images else [None] * len(ids)
+        categories = items.column("categories").to_pylist()
+        size = data.n_items + 1
+        self.ids = np.empty(size, dtype=object)
+        self.items = np.empty(size, dtype=object)
+        self.category = np.empty(size, dtype=object)
+        for row, i in enumerate(index):
+            self.ids[i] = ids[row]
+            self.items[i] = Item(titles[row] or f"item {ids[row]}", uris[row] or None)
+            self.category[i] = (categories[row] or [None])[0]
+
+    def profile(self, history: np.ndarray) -> str:
+        cats = [c for c in self.category[history] if c]
+        text = f"{len(history)} purchase{'s' if len(history) != 1 else ''}"
+        if cats:
+            names, counts = np.unique(cats, return_counts=True)
+            text += ", mostly " + " and ".join(names[np.argsort(-counts, kind="stable")[:2]])
+        return text
+
+    def explanation(self, history: np.ndarray, item: int) -> str:
+        category = self.category[item]
+        same = sum(c == category for c in self.category[history]) if category else 0
+        if same:
+            return f"{same} of the {len(history)} past purchases are {category}, and {self.items[item].title} is one too"
+        return f"{self.items[item].title} is a new direction after {len(history)} purchases"
+
+
+def build_examples(data: PreparedData, split: str, horizon: EvidenceHorizon, tools: dict, config: ExamplesConfig,
+                   decision: str | None = None, tasks: dict | None = None) -> pa.Table:
+    """R-VIT examples for every user of ``split``; ``decision`` overrides the horizon's choice for all of them."""
+    rng = np.random.default_rng(config.seed)
+    history, target = split_history(data, split, config.per_user)
+    users = len(target)
+    c = horizon.apply(history.lengths, history.offsets, history.items)
+    levels = horizon.route(c)
+    candidates, position = sample_candidates(history, target, data.n_items, config.candidates, rng)
+    rankings = tool_rankings(tools, history, candidates)
+    names = list(tools)
+    shares = tasks or config.task_shares
+    task_names = list(shares)
+    p = np.array([shares[t] for t in task_names], dtype=float)
+    task = np.array(task_names)[rng.choice(len(task_names), size=users, p=p / p.sum())]
+    # yes/no tasks ask about one candidate: the positive half of the time.
+    asked = np.where(rng.random(users) < 0.5, position, rng.integers(0, config.candidates, users))
+    noisy = rng.random((users, len(names))) < config.noise
+    random_pick = rng.integers(0, config.candidates, (users, len(names)))
+    catalogue = Catalogue(data, images=config.images)
+    templates = {t: templates_for(t) for t in task_names}
+    template_pick = rng.integers(0, 10, users)
+
+    rows = {name: [] for name in SCHEMA.names}
+    for u in range(users):  # string rendering: inherently per example, done once per training set
+        h = history.items[history.offsets[u]:history.offsets[u + 1]]
+        shown = h[-config.max_history:]
+        t = task[u]
+        template = templates[t][template_pick[u] % len(templates[t])]
+        yes_no = t in ("direct", "ctr")
+        if t == "sequential":
+            listed = candidates[u]
+            answer = LABELS[position[u]]
+        else:
+            listed = candidates[u, asked[u]:asked[u] + 1] if yes_no else np.array([target[u]])
+            answer = ("yes" if asked[u] == position[u] else "no") if yes_no else catalogue.explanation(h, target[u])
+        outputs, correct = [], []
+        for k, name in enumerate(names):
+            ranked = rankings[name][u]
+            top = ranked[random_pick[u, k]] if noisy[u, k] else ranked[0]
+            if t == "sequential":
+                outputs.append(LABELS[top])
+                correct.append(bool(ranked[0] == position[u]))
+            else:  # a tool says yes when it ranks the asked item in its top quarter
+                top_quarter = ranked[:max(1, config.candidates // 4)]
+                says_yes = (asked[u] in top_quarter) != bool(noisy[u, k])
+                outputs.append("yes" if says_yes else "no")
+                correct.append((asked[u] in top_quarter) == (asked[u] == position[u]))
+        chosen = decision or {"low": "delegate", "medium": "answer", "high": "consult"}[levels[u]]
+        if t == "explain" or not names:
+            chosen = "answer"
+        used = [config.primary if config.primary in names else names[0]] if chosen == "delegate" else (
+            names if chosen == "consult" else [])
+        d = Deliberation(decision=chosen, answer="", horizon=None if t == "explain" else float(c[u]),
+                         level=None if t == "explain" else str(levels[u]), tools=tuple(used),
+                         tool_outputs=tuple(outputs[names.index(n)] for n in used))
+        prompt = render(template, user=str(history.user_ids[u]), profile=catalogue.profile(h),
+                        history=[catalogue.items[i] for i in shown],
+                        candidates=[catalogue.items[i] for i in listed] if t == "sequential" else (),
+                        item=catalogue.items[listed[0]], horizon=float(c[u]), rating=5)
+        context = format_context(d)
+        rows["user_id"].append(str(history.user_ids[u]))
+        rows["task"].append(t)
+        rows["template_id"].append(template.id)
+        rows["horizon"].append(float(c[u]))
+        rows["level"].append(str(levels[u]))
+        rows["decision"].append(chosen)
+        rows["prompt"].append(prompt.text + "\n" + context)
+        rows["images"].append(list(prompt.images))
+        rows["labels"].append(list(prompt.labels))
+        rows["candidates"].append(catalogue.ids[listed].tolist())
+        rows["answer"].append(answer)
+        rows["context"].append(context)
+        rows["tools"].append(list(used))
+        rows["tool_outputs"].append(list(d.tool_outputs))
+        rows["usable"].append([n for n, ok in zip(names, correct) if ok])
+        rows["noisy"].append([bool(noisy[u, names.index(n)]) for n in used])
+    return pa.table(rows, schema=SCHEMA)

@@ -1,0 +1,241 @@
+"""R-VIT fine-tuning: the plain training loop, its Ray Train wrapper, and the driver that commits ``vlm/`` to a bundle.
+
+The model learns the answer given the deliberation context (prompt, evidence horizon, decision, tool outputs):
+the loss covers the answer tokens only, exactly the tokens the backends read at inference (DESIGN.md §5).
+Batches are drawn by the evidence-horizon curriculum. A given checkpoint is tuned with LoRA (peft) and merged
+for export; the tiny model built from config has no pretrained weights to keep, so it is trained in full.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from reasonrec import storage
+from reasonrec.train.curriculum import CurriculumConfig, HorizonCurriculum
+from reasonrec.vlm.backends import ANSWER_CUE, ImageCache
+from reasonrec.vlm.build import TinyVLMConfig
+from reasonrec.vlm.examples import ExamplesConfig
+
+LORA_TARGETS = r".*text_model.*\.(q_proj|k_proj|v_proj|o_proj)"
+
+
+@dataclasses.dataclass
+class FinetuneConfig:
+    steps: int = 600
+    batch_size: int = 8
+    lr: float = 1e-3  # for LoRA on a pretrained checkpoint ~2e-4 is the usual choice
+    weight_decay: float = 0.01
+    lora_rank: int | None = None  # None: 16 for a given checkpoint, 0 (full fine-tune) for the tiny model
+    lora_alpha: int = 32
+    workers: int = 1
+    cpus_per_worker: float = 0.5
+    use_gpu: bool = False
+    threads: int = 2
+    log_every: int = 50
+    eval_users: int = 200  # held-out test users scored after training (0: skip)
+    seed: int = 0
+    storage_path: str | None = None
+    tiny: TinyVLMConfig = dataclasses.field(default_factory=TinyVLMConfig)
+    examples: ExamplesConfig = dataclasses.field(default_factory=ExamplesConfig)
+    curriculum: CurriculumConfig = dataclasses.field(default_factory=CurriculumConfig)
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1 or self.workers < 1 or self.cpus_per_worker <= 0:
+            raise ValueError("steps, batch_size and workers must be >= 1 and cpus_per_worker > 0")
+
+
+def collate(processor, rows: list[dict], images: ImageCache):
+    """Inputs for ``prompt + ANSWER_CUE + answer`` with labels on the answer tokens (and end of utterance) only."""
+    import torch
+
+    tokenizer = processor.tokenizer
+    tokenizer.padding_side = "right"
+    texts = [r["prompt"] + ANSWER_CUE + " " + r["answer"] + tokenizer.eos_token for r in rows]
+    pictures = [[images(uri) for uri in r["images"]] for r in rows]
+    inputs = processor(text=texts, images=pictures if any(pictures) else None, padding=True, return_tensors="pt")
+    answer_lengths = [len(tokenizer(" " + r["answer"], add_special_tokens=False).input_ids) + 1 for r in rows]
+    ends = inputs["attention_mask"].sum(dim=1)
+    position = torch.arange(inputs["input_ids"].shape[1])[None, :]
+    starts = ends - torch.tensor(answer_lengths)
+    target = (position >= starts[:, None]) & (position < ends[:, None])
+    inputs["labels"] = torch.where(target, inputs["input_ids"], torch.full_like(inputs["input_ids"], -100))
+    return inputs
+
+
+def add_lora(model, rank: int, alpha: int):
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0,
+                                            target_modules=LORA_TARGETS))
+
+
+def train(model, processor, examples: list[dict], config: FinetuneConfig, *, device="cpu", seed: int = 0,
+          log=print) -> dict:
+    """Plain loop: ``config.steps`` curriculum batches; returns the loss curve summary."""
+    import torch
+
+    torch.manual_seed(seed)
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.steps,
+                                                   pct_start=0.1)
+    horizon = np.array([r["horizon"] for r in examples], dtype=np.float32)
+    sampler = HorizonCurriculum(horizon, config.steps, config.batch_size, config.curriculum, seed=seed)
+    images = ImageCache()
+    losses, start = [], time.perf_counter()
+    for step, batch in enumerate(sampler):
+        inputs = collate(processor, [examples[i] for i in batch], images).to(device)
+        loss = model(**inputs).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+            log(f"step {step + 1}/{config.steps} loss {np.mean(losses[-config.log_every:]):.4f} "
+                f"({time.perf_counter() - start:.0f}s)")
+    model.eval()
+    window = max(1, min(config.log_every, len(losses) // 4))
+    return {"steps": config.steps, "loss_first": float(np.mean(losses[:window])),
+            "loss_last": float(np.mean(losses[-window:])), "seconds": round(time.perf_counter() - start, 1),
+            "loss_curve": [round(float(np.mean(losses[i:i + window])), 4) for i in range(0, len(losses), window)]}
+
+
+def pack_folder(folder: str | Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in Path(folder).rglob("*") if p.is_file()}
+
+
+def unpack_folder(files: dict[str, bytes], folder: str | Path) -> Path:
+    for rel, data in files.items():
+        target = Path(folder) / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    return Path(folder)
+
+
+def train_loop_per_worker(cfg: dict) -> None:
+    """Ray Train worker: unpack the base model, train (DDP across workers), rank 0 exports the merged HF folder."""
+    import sys
+
+    import ray
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from reasonrec.config import from_dict
+    from reasonrec.vlm.build import load, save
+
+    config = from_dict(FinetuneConfig, cfg["config"])
+    torch.set_num_threads(config.threads)
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    with tempfile.TemporaryDirectory() as tmp:
+        model, processor = load(unpack_folder(ray.get(cfg["base"]), Path(tmp) / "base"))
+        if cfg["lora_rank"]:
+            model = add_lora(model, cfg["lora_rank"], config.lora_alpha)
+        module = ray.train.torch.prepare_model(model) if world > 1 else model
+        examples = ray.get(cfg["examples"]).to_pylist()
+        summary = train(module, processor, examples, config, device=device, seed=config.seed + rank,
+                        log=lambda line: print(f"[rank {rank}] {line}", file=sys.stderr, flush=True))
+        checkpoint = None
+        if rank == 0:
+            if cfg["lora_rank"]:
+                model = model.merge_and_unload()
+            out = Path(tmp) / "out"
+            save(model.to("cpu"), processor, out)
+            (out / "training.json").write_text(json.dumps(summary))
+            checkpoint = ray.train.Checkpoint.from_directory(out)
+        ray.train.report({"loss_last": summary["loss_last"]}, checkpoint=checkpoint)
+
+
+def base_folder(base: str | None, data, config: FinetuneConfig, into: Path) -> Path:
+    """A given HF folder as is, or the tiny model built from config with a tokenizer trained on the catalogue."""
+    from reasonrec.vlm.build import build_tiny, save
+
+    if base:
+        if not Path(base, "config.json").exists():
+            raise FileNotFoundError(f"--base {base}: not a Hugging Face model folder (no config.json)")
+        return Path(base)
+    titles = [t for t in data.table("items").column("title").to_pylist() if t]
+    save(*build_tiny(titles, config.tiny), into)
+    return into
+
+
+def finetune_vlm(data_uri: str, bundle_uri: str, config: FinetuneConfig, base: str | None = None,
+                 log=print) -> dict:
+    """Build R-VIT examples from the bundle's tools, fine-tune with Ray Train, evaluate, commit ``vlm/``."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from reasonrec.bundle import Bundle, BundleWriter
+    from reasonrec.data.prepared import PreparedData
+    from reasonrec.horizon import EvidenceHorizon
+    from reasonrec.vlm.examples import build_examples
+
+    data = PreparedData(storage.absolute(data_uri))
+    bundle = Bundle(bundle_uri)
+    horizon = EvidenceHorizon.from_json(bundle.read("horizon.json"))
+    tools = {name: bundle.load_tool(name) for name in (config.examples.tools or bundle.tool_names)}
+    examples = build_examples(data, "train", horizon, tools, config.examples)
+    lora_rank = config.lora_rank if config.lora_rank is not None else (16 if base else 0)
+    log(f"R-VIT: {examples.num_rows} training examples from {len(set(examples['user_id'].to_pylist()))} users, "
+        f"tools {list(tools)}; {config.steps} steps x {config.batch_size} on {config.workers} worker(s), "
+        + (f"LoRA rank {lora_rank}" if lora_rank else "full fine-tune"))
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        base_path = base_folder(base, data, config, Path(tmp) / "base")
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"config": dataclasses.asdict(config), "lora_rank": lora_rank,
+                               "base": ray.put(pack_folder(base_path)), "examples": ray.put(examples)},
+            scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu,
+                                         resources_per_worker={"CPU": config.cpus_per_worker}),
+            run_config=RunConfig(name=f"vlm-{int(time.time())}",
+                                 storage_path=storage.absolute(config.storage_path or f"{tmp}/ray-train")),
+        )
+        result = trainer.fit()
+        with result.checkpoint.as_directory() as folder:
+            summary = json.loads(Path(folder, "training.json").read_text())
+            log(f"training loss {summary['loss_first']:.4f} -> {summary['loss_last']:.4f} in {summary['seconds']}s")
+            metrics = evaluate_vlm(data, horizon, folder, base_path, config, log) if config.eval_users else {}
+            with BundleWriter(bundle_uri) as writer:
+                writer.add_vlm(folder, {"base": base or "tiny", "lora_rank": lora_rank, "training": summary,
+                                        "examples": examples.num_rows, "metrics": metrics,
+                                        "config": dataclasses.asdict(config),
+                                        "train_seconds": round(time.perf_counter() - start, 1)})
+                manifest = writer.commit()
+    log(f"bundle {manifest['version']} committed to {bundle_uri} with vlm/")
+    return manifest
+
+
+def evaluate_vlm(data, horizon, tuned: str | Path, untuned: str | Path, config: FinetuneConfig, log=print) -> dict:
+    """HR@1 over held-out test users, VLM alone (no tool outputs), tuned vs untuned vs tuned with blank images."""
+    from reasonrec.vlm.build import load
+    from reasonrec.vlm.deliberator import hit_rate_at_1
+    from reasonrec.vlm.examples import build_examples
+
+    held_out = build_examples(data, "test", horizon, {}, dataclasses.replace(config.examples, seed=config.seed + 1),
+                              decision="answer", tasks={"sequential": 1.0})
+    held_out = held_out.take(np.random.default_rng(config.seed).permutation(held_out.num_rows)[:config.eval_users])
+    rows = held_out.to_pylist()
+    has_images = any(r["images"] for r in rows)
+    metrics = {"users": len(rows), "candidates": config.examples.candidates,
+               "chance": 1 / config.examples.candidates}
+    for name, folder, blank in (("tuned", tuned, False), ("untuned", untuned, False),
+                                ("tuned_blank_images", tuned, True)):
+        if blank and not has_images:
+            continue
+        start = time.perf_counter()
+        metrics[f"HR@1_{name}"] = hit_rate_at_1(*load(folder), rows, blank_images=blank)
+        log(f"HR@1 {name}: {metrics[f'HR@1_{name}']:.4f} ({len(rows)} test users, "
+            f"{time.perf_counter() - start:.0f}s)")
+    return metrics

@@ -1,0 +1,143 @@
+"""R-VIT examples, LoRA merge, fine-tuning with Ray Train into a bundle, and the deliberator actor under Ray Data."""
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+
+from reasonrec.bundle import Bundle
+from reasonrec.data.prepared import Sequences
+from reasonrec.horizon import EvidenceHorizon
+from reasonrec.prompts.templates import LABELS
+from reasonrec.vlm.examples import ExamplesConfig, build_examples, sample_candidates, split_history
+
+
+@pytest.fixture(scope="module")
+def bundle(bundle_uri):
+    return Bundle(bundle_uri)
+
+
+@pytest.fixture(scope="module")
+def tools(bundle):
+    return {name: bundle.load_tool(name) for name in bundle.tool_names}
+
+
+@pytest.fixture(scope="module")
+def horizon(bundle):
+    return EvidenceHorizon.from_json(bundle.read("horizon.json"))
+
+
+def test_candidates_hold_the_positive_once_and_no_seen_item():
+    rng = np.random.default_rng(0)
+    history = Sequences(np.array(["a", "b", "c"], dtype=object), np.array([0, 3, 4, 10]),
+                        np.array([1, 2, 3, 5, 1, 2, 3, 4, 6, 7]))
+    target = np.array([4, 9, 8])
+    candidates, position = sample_candidates(history, target, n_items=30, n=20, rng=rng)
+    assert candidates.shape == (3, 20)
+    for u in range(3):
+        row = candidates[u]
+        seen = history.items[history.offsets[u]:history.offsets[u + 1]]
+        assert row[position[u]] == target[u] and (row == target[u]).sum() == 1
+        assert len(set(row.tolist())) == 20 and not set(row.tolist()) & set(seen.tolist())
+        assert row.min() >= 1 and row.max() <= 30
+    with pytest.raises(ValueError, match="too small"):
+        sample_candidates(history, target, n_items=12, n=20, rng=rng)
+
+
+def test_train_split_targets_follow_their_prefix(synthetic_data):
+    history, target = split_history(synthetic_data, "train", per_user=3)
+    train = synthetic_data.train
+    users = {u: i for i, u in enumerate(train.user_ids)}
+    for row in range(0, len(target), 97):
+        seq = train.items[train.offsets[users[history.user_ids[row]]]:train.offsets[users[history.user_ids[row]] + 1]]
+        h = history.items[history.offsets[row]:history.offsets[row + 1]]
+        assert 1 <= len(h) < len(seq) and (seq[:len(h)] == h).all() and seq[len(h)] == target[row]
+    assert (np.bincount(np.unique(history.user_ids, return_inverse=True)[1]) <= 3).all()
+
+
+def test_examples_follow_the_horizon_and_label_tool_usability(synthetic_data, horizon, tools):
+    config = ExamplesConfig(noise=0.0, seed=1)
+    table = build_examples(synthetic_data, "train", horizon, tools, config)
+    rows = table.to_pylist()
+    assert table.num_rows > 1000 and set(table["task"].to_pylist()) == {"sequential", "direct", "ctr", "explain"}
+    decisions = {"low": "delegate", "medium": "answer", "high": "consult"}
+    for r in rows:
+        assert "{" not in r["prompt"] and "answer:" not in r["prompt"]
+        assert r["prompt"].endswith(r["context"]) and r["prompt"].count("<image>") == len(r["images"])
+        if r["task"] == "explain":
+            assert r["decision"] == "answer" and r["answer"]
+            continue
+        assert r["decision"] == decisions[r["level"]]
+        assert r["tools"] == {"delegate": ["sasrec"], "answer": [], "consult": sorted(tools)}[r["decision"]]
+        if r["task"] == "sequential":
+            assert r["labels"] == list(LABELS[:20]) and r["answer"] in r["labels"] and len(r["candidates"]) == 20
+            # Without noise, a tool's output is the answer exactly when the tool is labelled usable.
+            for tool, output in zip(r["tools"], r["tool_outputs"]):
+                assert (output == r["answer"]) == (tool in r["usable"])
+        else:
+            assert r["labels"] == [] and r["answer"] in ("yes", "no") and len(r["candidates"]) == 1
+    positions = [r["labels"].index(r["answer"]) for r in rows if r["task"] == "sequential"]
+    assert len(set(positions)) == 20  # the positive is not always in the same slot
+
+
+def test_noise_replaces_the_configured_share_of_tool_outputs(synthetic_data, horizon, tools):
+    table = build_examples(synthetic_data, "train", horizon, tools, ExamplesConfig(noise=0.3, seed=2))
+    noisy = pc.list_flatten(table["noisy"]).to_numpy(zero_copy_only=False)
+    assert len(noisy) > 300 and abs(noisy.mean() - 0.3) < 0.06
+    clean = build_examples(synthetic_data, "train", horizon, tools, ExamplesConfig(noise=0.0, seed=2))
+    assert not pc.any(pc.list_flatten(clean["noisy"])).as_py()
+
+
+def test_eval_examples_without_tools_answer_alone(synthetic_data, horizon):
+    table = build_examples(synthetic_data, "test", horizon, {}, ExamplesConfig(), decision="answer",
+                           tasks={"sequential": 1.0})
+    assert table.num_rows == len(synthetic_data.eval_set("test").target)
+    assert set(table["decision"].to_pylist()) == {"answer"} and not pc.any(pc.list_value_length(table["tools"])
+                                                                           .cast("bool")).as_py()
+
+
+def test_lora_merge_round_trip(synthetic_data, tmp_path):
+    import torch
+
+    from reasonrec.vlm.build import TinyVLMConfig, build_tiny, load, save
+    from reasonrec.vlm.finetune import add_lora
+
+    model, processor = build_tiny(synthetic_data.table("items").column("title").to_pylist(),
+                                  TinyVLMConfig(vocab_size=1024))
+    inputs = processor(text=["Lipstick and Serum\nanswer:"], return_tensors="pt")
+    with torch.no_grad():
+        base = model(**inputs).logits
+    peft_model = add_lora(model, rank=4, alpha=8)
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n and "text_model" in n for n in trainable)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # as if trained: B starts at zero
+        adapted = peft_model(**inputs).logits
+    merged = peft_model.merge_and_unload()
+    with torch.no_grad():
+        after_merge = merged(**inputs).logits
+    assert (adapted - base).abs().max() > 1e-3
+    torch.testing.assert_close(after_merge, adapted, atol=1e-4, rtol=1e-4)
+    save(merged, processor, tmp_path / "merged")
+    reloaded, _ = load(tmp_path / "merged")
+    assert not any("lora" in n for n, _ in reloaded.named_parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**inputs).logits, adapted, atol=1e-4, rtol=1e-4)
+
+
+def test_finetune_with_ray_train_commits_a_reloadable_vlm(vlm_bundle_uri, monkeypatch, tmp_path):
+    import torch
+
+    from reasonrec.vlm.build import load
+
+    bundle = Bundle(vlm_bundle_uri)
+    info = bundle.manifest["vlm"]
+    assert info["training"]["loss_last"] < info["training"]["loss_first"]
+    assert {"HR@1_tuned", "HR@1_untuned", "HR@1_tuned_blank_images"} <= set(info["metrics"])
+    files = bundle.manifest["files"]
+    assert "vlm/config.json" in files and "horizon.json" in files and bundle.tool_names == ["lightgcn", "sasrec"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model, processor = load(bundle.vlm_folder(tmp_path))
+    with torch.no_grad():
+        assert torch.isfinite(model(**processor(text=["Serum\nanswer:"], return_tensors="pt")).logits).all()

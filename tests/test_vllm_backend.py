@@ -1,0 +1,106 @@
+"""Both deliberator backends on the same prompts: transformers (reference) and vLLM on CPU (one engine per session),
+once through ``ray.data.llm``; the deliberator actor under Ray Data."""
+import numpy as np
+import pytest
+
+from reasonrec.bundle import Bundle
+from reasonrec.horizon import EvidenceHorizon
+from reasonrec.vlm.deliberator import DeliberatorConfig, as_prompt, deliberate
+from reasonrec.vlm.examples import ExamplesConfig, build_examples
+
+
+@pytest.fixture(scope="module")
+def folder(vlm_bundle_uri, tmp_path_factory):
+    return Bundle(vlm_bundle_uri).vlm_folder(tmp_path_factory.mktemp("vlm"))
+
+
+@pytest.fixture(scope="module")
+def rows(synthetic_data, vlm_bundle_uri):
+    bundle = Bundle(vlm_bundle_uri)
+    horizon = EvidenceHorizon.from_json(bundle.read("horizon.json"))
+    tools = {name: bundle.load_tool(name) for name in bundle.tool_names}
+    table = build_examples(synthetic_data, "test", horizon, tools, ExamplesConfig(candidates=12, seed=5),
+                           tasks={"sequential": 0.6, "ctr": 0.4})
+    return table.slice(0, 10).to_pylist()
+
+
+@pytest.fixture(scope="module")
+def reference(folder, rows):
+    from reasonrec.vlm.backends.transformers_backend import TransformersDeliberator
+    from reasonrec.vlm.build import load
+
+    return TransformersDeliberator(*load(folder), batch_size=4).label_logprobs([as_prompt(r) for r in rows])
+
+
+class RemoteBackend:
+    """A backend living in a Ray actor, used like a local one."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def label_logprobs(self, prompts):
+        import ray
+
+        return ray.get(self.handle.label_logprobs.remote(prompts))
+
+
+@pytest.fixture(scope="module")
+def vllm_engine(ray_session, folder):
+    """The session's one offline vLLM engine (CPU, float32 like the reference), in a Ray actor as in production.
+
+    Not in the pytest process: vLLM's CPU kernel registration walks every loaded module, and the in-process S3
+    test server (Flask) has context-bound proxies that raise when touched outside a request.
+    """
+    import ray
+
+    from reasonrec.vlm.backends.vllm_backend import VLLMConfig, VLLMDeliberator
+
+    engine = ray.remote(num_cpus=0.5)(VLLMDeliberator).remote(str(folder), VLLMConfig(dtype="float32",
+                                                                                      max_model_len=2048))
+    yield RemoteBackend(engine)
+    ray.kill(engine)
+
+
+def test_vllm_and_transformers_give_the_same_label_logprobs(vllm_engine, rows, reference):
+    assert {r["task"] for r in rows} == {"sequential", "ctr"} and any(r["images"] for r in rows)
+    got = vllm_engine.label_logprobs([as_prompt(r) for r in rows])
+    for row, a, b in zip(rows, got, reference):
+        assert a.shape == b.shape == (len(row["labels"]) or 2,)
+        np.testing.assert_allclose(a, b, atol=1e-3)
+    verdicts = deliberate(vllm_engine, rows)
+    for v, row in zip(verdicts, rows):
+        assert abs(v.scores.sum() - 1) < 1e-5 and v.confidence == pytest.approx(v.scores.max())
+        assert v.trace.startswith(row["context"]) and f"answer: {v.answer}; confidence: " in v.trace
+
+
+def test_ray_data_llm_processor_matches_the_reference(ray_session, folder, rows, reference):
+    import ray
+
+    from reasonrec.vlm.backends.vllm_backend import VLLMConfig, build_ray_data_processor
+
+    processor = build_ray_data_processor(folder, VLLMConfig(dtype="float32", max_model_len=2048), batch_size=4,
+                                         num_cpus=0.5)
+    out = processor(ray.data.from_items(rows)).take_all()
+    by_user = {r["user_id"]: np.array(r["label_logprobs"]) for r in out}
+    assert len(out) == len(rows)
+    for row, expected in zip(rows, reference):
+        np.testing.assert_allclose(by_user[row["user_id"]], expected, atol=1e-3)
+
+
+def test_deliberator_actor_in_ray_data(ray_session, vlm_bundle_uri, rows, reference):
+    import ray
+
+    from actors.deliberator import DeliberatorActor, actor_resources
+
+    config = DeliberatorConfig(batch_size=4, threads=1)
+    assert actor_resources(config) == {"num_cpus": 0.5, "num_gpus": 0}  # no GPU in this cluster
+    assert config.resources(cluster_gpus=4)["num_gpus"] == 1
+    ds = ray.data.from_items(rows).map_batches(
+        DeliberatorActor, fn_constructor_args=(vlm_bundle_uri, config), batch_size=4, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=1), **actor_resources(config))
+    out = {r["user_id"]: r for r in ds.take_all()}
+    for row, lp in zip(rows, reference):
+        got = out[row["user_id"]]
+        probs = np.exp(lp - lp.max()) / np.exp(lp - lp.max()).sum()
+        np.testing.assert_allclose(got["vlm_scores"], probs, atol=1e-4)
+        assert got["confidence"] == pytest.approx(probs.max(), abs=1e-4) and got["trace"].startswith(row["context"])
