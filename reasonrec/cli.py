@@ -133,7 +133,7 @@ def cmd_score(args) -> dict:
 
 
 def cmd_demo(args) -> dict:
-    """The embedded default: synthetic catalogue -> prepare -> train tools -> nightly job -> summary."""
+    """The embedded default: synthetic catalogue -> prepare -> train tools -> fine-tune the VLM -> nightly job."""
     start = time.perf_counter()
     root = args.out
     raw, data, bundle, requests, results = (storage.join(root, p)
@@ -144,6 +144,10 @@ def cmd_demo(args) -> dict:
     config = args.config or str(Path(__file__).parent / "configs" / "demo_tools.yaml")
     cmd_train_tools(ns(data=data, bundle=bundle, config=config, tools=None, workers=None,
                        cpus_per_worker=None, threads=None, storage_path=None, epochs=None))
+    vlm_config = str(Path(__file__).parent / "configs" / "demo_vlm.yaml")
+    vlm = cmd_finetune_vlm(ns(data=data, bundle=bundle, base=None, config=vlm_config, steps=args.vlm_steps,
+                              batch_size=None, lr=None, lora_rank=None, noise=None, workers=None,
+                              cpus_per_worker=None, gpu=False, eval_users=None, storage_path=None, seed=None))["vlm"]
     cmd_requests(ns(data=data, out=requests, split="test", tasks="sequential,direct", k=10, shard_rows=1000,
                     seed=0))
     manifest = cmd_score(ns(requests=requests, bundle=bundle, output=results, run_date=None, force=True,
@@ -162,8 +166,14 @@ def cmd_demo(args) -> dict:
             print(f"  {name:>14s}  " + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
         print(f"  {'nightly job':>14s}  " + "  ".join(f"{k} {v:.4f}" for k, v in batch_eval[task]["metrics"].items())
               + f"   (committed results; answered by {primary})")
+    m = vlm["metrics"]
+    print(f"VLM deliberator (tiny Idefics3, R-VIT {vlm['training']['steps']} steps, loss "
+          f"{vlm['training']['loss_first']:.3f} -> {vlm['training']['loss_last']:.3f}), {m['users']} test users, "
+          f"{m['candidates']} candidates, alone (no tools): HR@1 tuned {m['HR@1_tuned']:.4f}, untuned "
+          f"{m['HR@1_untuned']:.4f}, images blanked {m.get('HR@1_tuned_blank_images', float('nan')):.4f}, "
+          f"chance {m['chance']:.4f}")
     print(f"outputs under {root}; finished in {time.perf_counter() - start:.0f}s")
-    return {"manifest": manifest, "tools": tools_eval, "batch": batch_eval}
+    return {"manifest": manifest, "tools": tools_eval, "batch": batch_eval, "vlm": vlm}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -252,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", type=int, default=400)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--config", help="YAML for train-tools (default: the packaged configs/demo_tools.yaml)")
+    p.add_argument("--vlm-steps", type=int, help="R-VIT steps (default: configs/demo_vlm.yaml)")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -41,6 +41,8 @@ def test_every_placeholder_is_filled_and_no_template_names_the_answer(template):
     if template.task == "sequential":
         assert prompt.labels == LABELS[:20] and "T) cand 19 <image>" in prompt.text
         assert prompt.images[0] == "s3://b/i/1.png"  # the history comes before the candidates in every template
+    elif template.task in ("direct", "ctr"):  # the model has no memory of users: the history is its evidence
+        assert prompt.labels == () and "history" in template.fields and "Night cream <image>" in prompt.text
     else:
         assert prompt.labels == () and "Night cream <image>" in prompt.text
 

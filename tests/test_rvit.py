@@ -94,6 +94,35 @@ def test_eval_examples_without_tools_answer_alone(synthetic_data, horizon):
                                                                            .cast("bool")).as_py()
 
 
+def test_every_candidate_rows_rank_by_p_yes(synthetic_data, horizon):
+    from reasonrec.vlm.deliberator import Verdict, hit_rate_at_1
+
+    table = build_examples(synthetic_data, "test", horizon, {}, ExamplesConfig(candidates=6), decision="answer",
+                           tasks={"direct": 1.0}, every_candidate=True, keep=np.arange(40))
+    rows = table.to_pylist()
+    assert len(rows) == 40 * 6 and len({r["user_id"] for r in rows}) == 40
+    for lo in range(0, len(rows), 6):
+        user = rows[lo:lo + 6]
+        assert len({r["user_id"] for r in user}) == 1 and [r["answer"] for r in user].count("yes") == 1
+        assert len({r["candidates"][0] for r in user}) == 6
+
+    def verdict(p_yes):
+        return Verdict(np.array([p_yes, 1 - p_yes]), "yes" if p_yes > 0.5 else "no", max(p_yes, 1 - p_yes), "")
+
+    perfect = [verdict(0.9 if r["answer"] == "yes" else 0.2) for r in rows]
+    assert hit_rate_at_1(perfect, rows) == 1.0
+    # For every other user one negative outscores the positive; the order of the rows must not matter.
+    wrong_users = sorted({r["user_id"] for r in rows})[::2]
+    half, spoiled = list(perfect), set()
+    for i, r in enumerate(rows):
+        if r["user_id"] in wrong_users and r["answer"] == "no" and r["user_id"] not in spoiled:
+            half[i] = verdict(0.95)
+            spoiled.add(r["user_id"])
+    assert hit_rate_at_1(half, rows) == pytest.approx(0.5)
+    shuffled = np.random.default_rng(0).permutation(len(rows))
+    assert hit_rate_at_1([half[i] for i in shuffled], [rows[i] for i in shuffled]) == pytest.approx(0.5)
+
+
 def test_lora_merge_round_trip(synthetic_data, tmp_path):
     import torch
 

@@ -27,8 +27,10 @@ def prompts(catalogue):
     return [
         render(templates_for("sequential")[3], user="u1", profile="3 purchases", history=catalogue[:3],
                candidates=catalogue[10:30], horizon=0.41),
-        render(templates_for("direct")[0], user="u2", profile="9 purchases", item=catalogue[5], horizon=0.93),
-        render(templates_for("ctr")[2], user="u3", profile="1 purchase", item=no_image, horizon=0.12),
+        render(templates_for("direct")[0], user="u2", profile="9 purchases", history=catalogue[3:5],
+               item=catalogue[5], horizon=0.93),
+        render(templates_for("ctr")[2], user="u3", profile="1 purchase", history=[no_image], item=no_image,
+               horizon=0.12),
     ]
 
 
@@ -44,7 +46,7 @@ def test_tiny_vlm_is_small_and_vllm_compatible(tiny):
 def test_label_logprobs_same_in_a_batch_alone_and_after_reload(tiny, catalogue, monkeypatch):
     model, processor, folder = tiny
     batch = prompts(catalogue)
-    assert [len(p.images) for p in batch] == [23, 1, 0]
+    assert [len(p.images) for p in batch] == [23, 3, 0]
     deliberator = TransformersDeliberator(model, processor, batch_size=3)
     together = deliberator.label_logprobs(batch)
     alone = [deliberator.label_logprobs([p])[0] for p in batch]

@@ -23,8 +23,8 @@ class TinyVLMConfig:
     heads: int = 2  # head_dim = hidden_size / heads = 64
     vision_hidden_size: int = 64
     vision_layers: int = 2
-    image_size: int = 224
-    patch_size: int = 28  # (224 / 28)^2 = 64 patches, pixel shuffle by 2 -> 16 tokens per image
+    image_size: int = 112
+    patch_size: int = 28  # (112 / 28)^2 = 16 patches, pixel shuffle by 2 -> 4 tokens per image
     scale_factor: int = 2
     seed: int = 0
 

@@ -44,13 +44,19 @@ def deliberate(backend, rows: list[dict]) -> list[Verdict]:
     return verdicts(backend.label_logprobs([as_prompt(r) for r in rows]), rows)
 
 
-def hit_rate_at_1(model, processor, rows: list[dict], blank_images: bool = False, batch_size: int = 8) -> float:
-    """Share of rows whose top label is the answer (transformers backend)."""
-    from reasonrec.vlm.backends import ImageCache
-    from reasonrec.vlm.backends.transformers_backend import TransformersDeliberator
+def hit_rate_at_1(found: list[Verdict], rows: list[dict]) -> float:
+    """Share of users whose top candidate is the positive.
 
-    backend = TransformersDeliberator(model, processor, batch_size=batch_size, images=ImageCache(blank=blank_images))
-    return float(np.mean([v.answer == r["answer"] for v, r in zip(deliberate(backend, rows), rows)]))
+    Labelled rows (sequential): the top label. Yes/no rows (one per candidate, any order): the candidate with the
+    highest P(yes) among the user's rows.
+    """
+    if rows and rows[0]["labels"]:
+        return float(np.mean([v.answer == r["answer"] for v, r in zip(found, rows)]))
+    _, user = np.unique([r["user_id"] for r in rows], return_inverse=True)
+    p_yes = np.array([v.scores[0] for v in found])
+    order = np.lexsort((-p_yes, user))  # by user, highest P(yes) first
+    top = order[np.r_[True, np.diff(user[order]) != 0]]
+    return float(np.mean([rows[i]["answer"] == "yes" for i in top]))
 
 
 @dataclasses.dataclass

@@ -162,10 +162,17 @@ class Catalogue:
 
 
 def build_examples(data: PreparedData, split: str, horizon: EvidenceHorizon, tools: dict, config: ExamplesConfig,
-                   decision: str | None = None, tasks: dict | None = None) -> pa.Table:
-    """R-VIT examples for every user of ``split``; ``decision`` overrides the horizon's choice for all of them."""
+                   decision: str | None = None, tasks: dict | None = None, every_candidate: bool = False,
+                   keep: np.ndarray | None = None) -> pa.Table:
+    """R-VIT examples for every user of ``split``; ``decision`` overrides the horizon's choice for all of them.
+
+    ``every_candidate``: a yes/no (direct, CTR) user gets one row per candidate, in candidate order, so that the
+    candidates can be ranked by P(yes) (DESIGN.md §5). ``keep``: row numbers of the split's users to keep.
+    """
     rng = np.random.default_rng(config.seed)
     history, target = split_history(data, split, config.per_user)
+    if keep is not None:
+        history, target = history.select(np.asarray(keep)), target[np.asarray(keep)]
     users = len(target)
     c = horizon.apply(history.lengths, history.offsets, history.items)
     levels = horizon.route(c)
@@ -185,7 +192,13 @@ def build_examples(data: PreparedData, split: str, horizon: EvidenceHorizon, too
     template_pick = rng.integers(0, 10, users)
 
     rows = {name: [] for name in SCHEMA.names}
-    for u in range(users):  # string rendering: inherently per example, done once per training set
+    yes_no_tasks = np.isin(task, ["direct", "ctr"])
+    per_user = np.where(yes_no_tasks & every_candidate, config.candidates, 1)
+    example_user = np.repeat(np.arange(users), per_user)
+    example_asked = np.where(np.repeat(per_user, per_user) > 1,
+                             np.arange(per_user.sum()) - np.repeat(np.cumsum(per_user) - per_user, per_user),
+                             asked[example_user])
+    for u, a in zip(example_user, example_asked):  # string rendering: per example, done once per training set
         h = history.items[history.offsets[u]:history.offsets[u + 1]]
         shown = h[-config.max_history:]
         t = task[u]
@@ -195,8 +208,8 @@ def build_examples(data: PreparedData, split: str, horizon: EvidenceHorizon, too
             listed = candidates[u]
             answer = LABELS[position[u]]
         else:
-            listed = candidates[u, asked[u]:asked[u] + 1] if yes_no else np.array([target[u]])
-            answer = ("yes" if asked[u] == position[u] else "no") if yes_no else catalogue.explanation(h, target[u])
+            listed = candidates[u, a:a + 1] if yes_no else np.array([target[u]])
+            answer = ("yes" if a == position[u] else "no") if yes_no else catalogue.explanation(h, target[u])
         outputs, correct = [], []
         for k, name in enumerate(names):
             ranked = rankings[name][u]
@@ -206,9 +219,9 @@ def build_examples(data: PreparedData, split: str, horizon: EvidenceHorizon, too
                 correct.append(bool(ranked[0] == position[u]))
             else:  # a tool says yes when it ranks the asked item in its top quarter
                 top_quarter = ranked[:max(1, config.candidates // 4)]
-                says_yes = (asked[u] in top_quarter) != bool(noisy[u, k])
+                says_yes = (a in top_quarter) != bool(noisy[u, k])
                 outputs.append("yes" if says_yes else "no")
-                correct.append((asked[u] in top_quarter) == (asked[u] == position[u]))
+                correct.append((a in top_quarter) == (a == position[u]))
         chosen = decision or {"low": "delegate", "medium": "answer", "high": "consult"}[levels[u]]
         if t == "explain" or not names:
             chosen = "answer"

@@ -1,7 +1,8 @@
 """R-VIT fine-tuning: the plain training loop, its Ray Train wrapper, and the driver that commits ``vlm/`` to a bundle.
 
 The model learns the answer given the deliberation context (prompt, evidence horizon, decision, tool outputs):
-the loss covers the answer tokens only, exactly the tokens the backends read at inference (DESIGN.md §5).
+the answer loss covers the answer tokens only, exactly the tokens the backends read at inference (DESIGN.md §5);
+an optional language-model loss on the prompt text helps a model trained from scratch.
 Batches are drawn by the evidence-horizon curriculum. A given checkpoint is tuned with LoRA (peft) and merged
 for export; the tiny model built from config has no pretrained weights to keep, so it is trained in full.
 """
@@ -32,12 +33,17 @@ class FinetuneConfig:
     weight_decay: float = 0.01
     lora_rank: int | None = None  # None: 16 for a given checkpoint, 0 (full fine-tune) for the tiny model
     lora_alpha: int = 32
+    # Language-model loss on the prompt text, relative to the answer loss. A model trained from scratch learns to
+    # compare candidates with the history from it (copying and matching circuits need dense signal); a pretrained
+    # checkpoint has them already, and instruction tuning usually leaves it at 0.
+    prompt_loss_weight: float = 0.0
     workers: int = 1
     cpus_per_worker: float = 0.5
     use_gpu: bool = False
     threads: int = 2
     log_every: int = 50
     eval_users: int = 200  # held-out test users scored after training (0: skip)
+    eval_task: str = "direct"  # direct: P(yes) per candidate; sequential: one labelled prompt per user
     seed: int = 0
     storage_path: str | None = None
     tiny: TinyVLMConfig = dataclasses.field(default_factory=TinyVLMConfig)
@@ -50,7 +56,8 @@ class FinetuneConfig:
 
 
 def collate(processor, rows: list[dict], images: ImageCache):
-    """Inputs for ``prompt + ANSWER_CUE + answer`` with labels on the answer tokens (and end of utterance) only."""
+    """Inputs for ``prompt + ANSWER_CUE + answer``; ``answer_mask`` marks the answer tokens (and end of
+    utterance), ``text_mask`` every other real text token (not padding, not image placeholders)."""
     import torch
 
     tokenizer = processor.tokenizer
@@ -62,9 +69,24 @@ def collate(processor, rows: list[dict], images: ImageCache):
     ends = inputs["attention_mask"].sum(dim=1)
     position = torch.arange(inputs["input_ids"].shape[1])[None, :]
     starts = ends - torch.tensor(answer_lengths)
-    target = (position >= starts[:, None]) & (position < ends[:, None])
-    inputs["labels"] = torch.where(target, inputs["input_ids"], torch.full_like(inputs["input_ids"], -100))
+    answer = (position >= starts[:, None]) & (position < ends[:, None])
+    special = torch.isin(inputs["input_ids"], torch.tensor(tokenizer.all_special_ids))
+    inputs["answer_mask"] = answer
+    inputs["text_mask"] = (position < starts[:, None]) & ~special
     return inputs
+
+
+def loss_terms(model, inputs) -> tuple:
+    """(answer loss, prompt language-model loss): token cross-entropies averaged over each mask."""
+    import torch.nn.functional as F
+
+    answer_mask, text_mask = inputs.pop("answer_mask"), inputs.pop("text_mask")
+    logits = model(**inputs).logits[:, :-1].float()
+    target = inputs["input_ids"][:, 1:]
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none").view_as(target)
+    answer_mask, text_mask = answer_mask[:, 1:], text_mask[:, 1:]
+    return ((ce * answer_mask).sum() / answer_mask.sum().clamp(min=1),
+            (ce * text_mask).sum() / text_mask.sum().clamp(min=1))
 
 
 def add_lora(model, rank: int, alpha: int):
@@ -91,9 +113,9 @@ def train(model, processor, examples: list[dict], config: FinetuneConfig, *, dev
     losses, start = [], time.perf_counter()
     for step, batch in enumerate(sampler):
         inputs = collate(processor, [examples[i] for i in batch], images).to(device)
-        loss = model(**inputs).loss
+        loss, prompt_loss = loss_terms(model, inputs)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + config.prompt_loss_weight * prompt_loss).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
@@ -218,24 +240,28 @@ def finetune_vlm(data_uri: str, bundle_uri: str, config: FinetuneConfig, base: s
 
 
 def evaluate_vlm(data, horizon, tuned: str | Path, untuned: str | Path, config: FinetuneConfig, log=print) -> dict:
-    """HR@1 over held-out test users, VLM alone (no tool outputs), tuned vs untuned vs tuned with blank images."""
+    """HR@1 over held-out test users (one positive among ``examples.candidates``), VLM alone (no tool outputs),
+    tuned vs untuned vs tuned with blank images. ``eval_task`` direct ranks by P(yes) per candidate, sequential by
+    the label distribution of one prompt."""
+    from reasonrec.vlm.backends.transformers_backend import TransformersDeliberator
     from reasonrec.vlm.build import load
-    from reasonrec.vlm.deliberator import hit_rate_at_1
+    from reasonrec.vlm.deliberator import deliberate, hit_rate_at_1
     from reasonrec.vlm.examples import build_examples
 
+    users = np.random.default_rng(config.seed).permutation(len(data.eval_set("test").target))[:config.eval_users]
     held_out = build_examples(data, "test", horizon, {}, dataclasses.replace(config.examples, seed=config.seed + 1),
-                              decision="answer", tasks={"sequential": 1.0})
-    held_out = held_out.take(np.random.default_rng(config.seed).permutation(held_out.num_rows)[:config.eval_users])
+                              decision="answer", tasks={config.eval_task: 1.0}, every_candidate=True, keep=users)
     rows = held_out.to_pylist()
     has_images = any(r["images"] for r in rows)
-    metrics = {"users": len(rows), "candidates": config.examples.candidates,
+    metrics = {"users": len(users), "candidates": config.examples.candidates, "task": config.eval_task,
                "chance": 1 / config.examples.candidates}
     for name, folder, blank in (("tuned", tuned, False), ("untuned", untuned, False),
                                 ("tuned_blank_images", tuned, True)):
         if blank and not has_images:
             continue
         start = time.perf_counter()
-        metrics[f"HR@1_{name}"] = hit_rate_at_1(*load(folder), rows, blank_images=blank)
-        log(f"HR@1 {name}: {metrics[f'HR@1_{name}']:.4f} ({len(rows)} test users, "
+        backend = TransformersDeliberator(*load(folder), images=ImageCache(blank=blank))
+        metrics[f"HR@1_{name}"] = hit_rate_at_1(deliberate(backend, rows), rows)
+        log(f"HR@1 {name}: {metrics[f'HR@1_{name}']:.4f} ({metrics['users']} test users, {len(rows)} prompts, "
             f"{time.perf_counter() - start:.0f}s)")
     return metrics
