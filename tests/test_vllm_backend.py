@@ -62,6 +62,9 @@ def vllm_engine(ray_session, folder):
 
 
 def test_vllm_and_transformers_give_the_same_label_logprobs(vllm_engine, rows, reference):
+    from reasonrec.vlm.backends.vllm_backend import VLLMConfig
+
+    assert VLLMConfig().env()["HF_HUB_OFFLINE"] == "1"  # the engine loads the exported folder offline
     assert {r["task"] for r in rows} == {"sequential", "ctr"} and any(r["images"] for r in rows)
     got = vllm_engine.label_logprobs([as_prompt(r) for r in rows])
     for row, a, b in zip(rows, got, reference):

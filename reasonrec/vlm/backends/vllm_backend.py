@@ -35,8 +35,8 @@ class VLLMConfig:
         return {**args, **self.engine_kwargs}
 
     def env(self) -> dict[str, str]:
-        """vLLM takes these settings only from the environment."""
-        return {"VLLM_CPU_KVCACHE_SPACE": str(self.cpu_kv_cache_gib),
+        """vLLM takes these settings only from the environment; models load from local folders, never the hub."""
+        return {"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": str(self.cpu_kv_cache_gib),
                 "VLLM_ENABLE_V1_MULTIPROCESSING": "0" if self.in_process else "1"}
 
 
