@@ -20,3 +20,15 @@ def test_deterministic_long_tailed_and_with_images():
     frame = a_inter.to_pandas()
     assert not frame.duplicated(["user_id", "item_id"]).any()
     assert (frame.groupby("user_id")["ts"].diff().dropna() > 0).all()
+
+
+def test_image_uris_are_absolute_when_written_to_a_relative_path(tmp_path, monkeypatch):
+    import os
+
+    from reasonrec import storage
+    from reasonrec.data import synthetic
+
+    monkeypatch.chdir(tmp_path)
+    synthetic.write(synthetic.SyntheticConfig(users=20, items=12, seed=1), "raw")
+    uris = storage.read_parquet(str(tmp_path / "raw" / "items.parquet")).column("image_uri").to_pylist()
+    assert all(os.path.isabs(u) and os.path.exists(u) for u in uris)

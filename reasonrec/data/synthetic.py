@@ -139,6 +139,7 @@ def draw_item(colour: str, shape: str, style: np.ndarray, size: int = 224) -> by
 def write(config: SyntheticConfig, out_uri: str) -> dict:
     """Write the dataset in the ``parquet`` source format, images under ``images/`` with absolute URIs."""
     interactions, items, images = generate(config)
+    out_uri = storage.absolute(out_uri)  # image URIs are read by Ray workers whose working directory differs
     image_uris = [storage.join(out_uri, "images", f"{item}.png") for item in items.column("item_id").to_pylist()]
     for uri, item in zip(image_uris, items.column("item_id").to_pylist()):
         storage.write_bytes(uri, images[item])
