@@ -29,6 +29,6 @@ def test_image_uris_are_absolute_when_written_to_a_relative_path(tmp_path, monke
     from reasonrec.data import synthetic
 
     monkeypatch.chdir(tmp_path)
-    synthetic.write(synthetic.SyntheticConfig(users=20, items=12, seed=1), "raw")
+    synthetic.write(synthetic.SyntheticConfig(users=50, items=60, seed=1), "raw")
     uris = storage.read_parquet(str(tmp_path / "raw" / "items.parquet")).column("image_uri").to_pylist()
     assert all(os.path.isabs(u) and os.path.exists(u) for u in uris)
