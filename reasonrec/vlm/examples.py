@@ -80,6 +80,9 @@ def sample_candidates(history: Sequences, target: np.ndarray, n_items: int, n: i
                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(U, n) item indices with the positive at a random position, negatives unseen and distinct; positions."""
     users = len(target)
+    if n - 1 > n_items - 1 - history.lengths.max(initial=0):
+        raise ValueError(f"catalogue of {n_items} items is too small for {n} candidates beside a history of "
+                         f"{history.lengths.max(initial=0)} items")
     seen = np.unique(np.repeat(np.arange(users), history.lengths) * (n_items + 1) + history.items)
     negatives = np.zeros((users, n - 1), dtype=np.int64)
     todo = np.arange(users)
@@ -98,8 +101,6 @@ def sample_candidates(history: Sequences, target: np.ndarray, n_items: int, n: i
         picked = np.argsort(bad, axis=1, kind="stable")[:, :n - 1]
         negatives[todo[enough]] = np.take_along_axis(draw, picked, axis=1)[enough]
         todo = todo[~enough]
-        if n - 1 > n_items - history.lengths.min(initial=0) - 1:
-            raise ValueError(f"catalogue of {n_items} items is too small for {n} candidates")
     position = rng.integers(0, n, size=users)
     out = np.empty((users, n), dtype=np.int64)
     slots = np.arange(n)[None, :]
