@@ -84,6 +84,11 @@ def test_noise_replaces_the_configured_share_of_tool_outputs(synthetic_data, hor
     assert len(noisy) > 300 and abs(noisy.mean() - 0.3) < 0.06
     clean = build_examples(synthetic_data, "train", horizon, tools, ExamplesConfig(noise=0.0, seed=2))
     assert not pc.any(pc.list_flatten(clean["noisy"])).as_py()
+    # Same seed, every output noisy: each sequential tool output differs from the tool's own answer.
+    always = build_examples(synthetic_data, "train", horizon, tools, ExamplesConfig(noise=1.0, seed=2))
+    pairs = [(a, b) for ra, rb in zip(always.to_pylist(), clean.to_pylist()) if ra["task"] == "sequential"
+             for a, b in zip(ra["tool_outputs"], rb["tool_outputs"])]
+    assert len(pairs) > 100 and all(a != b for a, b in pairs)
 
 
 def test_eval_examples_without_tools_answer_alone(synthetic_data, horizon):

@@ -4,8 +4,8 @@ The history is what the user bought before the target item (train: up to ``per_u
 the last training items after its prefix; valid/test: one per user, the evaluation protocol's history), the positive is the target. Candidates are the
 positive and random items the user has not bought, listed under single-token labels in random order.
 Tool outputs are computed by the bundle's tools on the same history; whether a tool named the positive is the
-tool-usability label (``usable``: the tools whose clean output was right). A configurable share of tool outputs is replaced by a random wrong answer, so that the
-model learns when to override a tool.
+tool-usability label (``usable``: the tools whose clean output was right). A configurable share of tool outputs is replaced by a random other answer than the tool's,
+so that the model learns when to override a tool.
 
 The decision follows the evidence horizon: low -> delegate to the primary tool, medium -> answer, high -> consult
 all tools. ``decision="answer"`` builds VLM-alone prompts (no tool outputs) for evaluation and ablations.
@@ -34,7 +34,7 @@ class ExamplesConfig:
         default_factory=lambda: {"sequential": 0.6, "direct": 0.15, "ctr": 0.15, "explain": 0.1})
     tools: tuple[str, ...] = ()  # consulted tools; empty: every tool in the bundle
     primary: str = "sasrec"  # the tool a low-risk user is delegated to
-    noise: float = 0.2  # share of tool outputs replaced by a random wrong answer
+    noise: float = 0.2  # share of tool outputs replaced by a random other answer
     images: bool = True  # show item images when the catalogue has them
     seed: int = 0
 
@@ -187,7 +187,7 @@ def build_examples(data: PreparedData, split: str, horizon: EvidenceHorizon, too
     # yes/no tasks ask about one candidate: the positive half of the time.
     asked = np.where(rng.random(users) < 0.5, position, rng.integers(0, config.candidates, users))
     noisy = rng.random((users, len(names))) < config.noise
-    random_pick = rng.integers(0, config.candidates, (users, len(names)))
+    other = rng.integers(1, config.candidates, (users, len(names)))  # a noisy output: another candidate
     catalogue = Catalogue(data, images=config.images)
     templates = {t: templates_for(t) for t in task_names}
     template_pick = rng.integers(0, 10, users)
@@ -214,7 +214,7 @@ def build_examples(data: PreparedData, split: str, horizon: EvidenceHorizon, too
         outputs, correct = [], []
         for k, name in enumerate(names):
             ranked = rankings[name][u]
-            top = ranked[random_pick[u, k]] if noisy[u, k] else ranked[0]
+            top = (ranked[0] + other[u, k]) % config.candidates if noisy[u, k] else ranked[0]
             if t == "sequential":
                 outputs.append(LABELS[top])
                 correct.append(bool(ranked[0] == position[u]))

@@ -17,6 +17,9 @@ import numpy as np
 from reasonrec.vlm.backends import ANSWER_CUE, ImageCache, choices, label_token_ids
 
 
+KEEP = ("user_id", "task", "images", "labels", "context", "answer", "template_id")  # carried to the output
+
+
 @dataclasses.dataclass
 class VLLMConfig:
     max_model_len: int = 4096
@@ -116,5 +119,3 @@ def build_ray_data_processor(folder: str | Path, config: VLLMConfig | None = Non
 
     return build_processor(processor_config, preprocess=preprocess, postprocess=postprocess)
 
-
-KEEP = ("user_id", "task", "images", "labels", "context", "answer", "template_id")  # carried to the output
