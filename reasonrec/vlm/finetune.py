@@ -248,19 +248,20 @@ def evaluate_vlm(data, horizon, tuned: str | Path, untuned: str | Path, config: 
     from reasonrec.vlm.deliberator import deliberate, hit_rate_at_1
     from reasonrec.vlm.examples import build_examples
 
-    users = np.random.default_rng(config.seed).permutation(len(data.eval_set("test").target))[:config.eval_users]
+    users = np.random.default_rng(config.seed).permutation(data.table("test").num_rows)[:config.eval_users]
     held_out = build_examples(data, "test", horizon, {}, dataclasses.replace(config.examples, seed=config.seed + 1),
                               decision="answer", tasks={config.eval_task: 1.0}, every_candidate=True, keep=users)
     rows = held_out.to_pylist()
     has_images = any(r["images"] for r in rows)
     metrics = {"users": len(users), "candidates": config.examples.candidates, "task": config.eval_task,
                "chance": 1 / config.examples.candidates}
-    for name, folder, blank in (("tuned", tuned, False), ("untuned", untuned, False),
-                                ("tuned_blank_images", tuned, True)):
+    models = {"tuned": load(tuned), "untuned": load(untuned)}
+    for name, model, blank in (("tuned", "tuned", False), ("untuned", "untuned", False),
+                               ("tuned_blank_images", "tuned", True)):
         if blank and not has_images:
             continue
         start = time.perf_counter()
-        backend = TransformersDeliberator(*load(folder), images=ImageCache(blank=blank))
+        backend = TransformersDeliberator(*models[model], images=ImageCache(blank=blank))
         metrics[f"HR@1_{name}"] = hit_rate_at_1(deliberate(backend, rows), rows)
         log(f"HR@1 {name}: {metrics[f'HR@1_{name}']:.4f} ({metrics['users']} test users, {len(rows)} prompts, "
             f"{time.perf_counter() - start:.0f}s)")
