@@ -10,7 +10,7 @@ from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 
 from reasonrec.batch import commit
-from reasonrec.batch.tool_stage import ANSWERED
+from reasonrec.batch.planner_stage import ANSWERED
 
 
 class ResultsDatasink(Datasink[dict]):

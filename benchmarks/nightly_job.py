@@ -4,7 +4,8 @@
                                      [--scales 1,2] [--batch-size N] [--tool-actors N]
 
 For each scale s, the requests are every evaluated user of the test split, repeated s times, in 5,000-row
-shards on local disk. "direct" reads the same shards and runs the same HorizonStage + ToolStage in this process,
+shards on local disk, scored in mode tools-only (the tools path; benchmarks/planner_job.py measures the VLM
+routes). "direct" reads the same shards and runs the same HorizonStage + ToolStage + PlannerStage in this process,
 batch by batch; "job" is the whole Ray Data job (plan, actor start-up and bundle loads, streaming, commit) on
 an already started local Ray. Their ratio is what Ray costs. Peak memory is the proportional set size (PSS,
 shared pages split between processes) of this process and all its descendants (the local Ray cluster),
@@ -76,16 +77,17 @@ class PeakMemory:
 def direct(shards: list[str], bundle, config, threads: int) -> float:
     """The same stages, in this process, no Ray, with every core for torch."""
     from reasonrec.batch.horizon_stage import HorizonStage
+    from reasonrec.batch.planner_stage import PlannerStage
     from reasonrec.batch.requests import read_shard
     from reasonrec.batch.tool_stage import ToolStage
 
-    horizon, tools = HorizonStage(bundle, config), ToolStage(bundle, config)
+    horizon, tools, planner = HorizonStage(bundle, config), ToolStage(bundle, config), PlannerStage(bundle, config)
     torch.set_num_threads(threads)
     start = time.perf_counter()
     for shard in shards:
         table = horizon(read_shard(shard))
         for lo in range(0, table.num_rows, config.batch_size):
-            tools(table.slice(lo, config.batch_size))
+            planner(tools(table.slice(lo, config.batch_size)))
     return time.perf_counter() - start
 
 
@@ -110,7 +112,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=ScoreConfig.torch_threads, help="torch threads per actor")
     parser.add_argument("--direct-threads", type=int, default=os.cpu_count(), help="torch threads, direct run")
     args = parser.parse_args()
-    config = ScoreConfig(batch_size=args.batch_size, tool_actors=args.tool_actors, torch_threads=args.threads)
+    config = ScoreConfig(mode="tools-only", batch_size=args.batch_size, tool_actors=args.tool_actors,
+                         torch_threads=args.threads)
     bundle = Bundle(args.bundle)
     base = requests_for_split(PreparedData(args.data), "test", args.task, k=10)
 

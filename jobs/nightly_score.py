@@ -1,10 +1,13 @@
-"""The nightly scoring job (DESIGN.md §8): request shards -> horizon -> tools -> committed results.
+"""The nightly scoring job (DESIGN.md §8): request shards -> horizon -> tools -> VLM -> planner -> committed results.
 
     ray job submit --working-dir . -- python jobs/nightly_score.py --requests URI --bundle URI --output URI
 
-Ray Data streams the shards through a horizon actor pool (validation, evidence horizon, route) and a tool actor
-pool (top-k from the task's primary classical tool); one sink writes results and quarantine parts and then the
-run's manifest. ``reasonrec score`` is the same job.
+Ray Data streams the shards through a horizon actor pool (validation, evidence horizon, route), a CPU tool actor
+pool (every consulted tool scores the row once: the route-low answer, the VLM's shortlist, the tools' opinions),
+a VLM actor pool (GPU when the cluster has one; only rows the planner sends to the VLM are run through the model)
+and a planner pool (route, escalate, aggregate, trace); one sink writes results and quarantine parts and then the
+run's manifest. ``--mode`` picks who answers: tools-only, vlm-only, vlm+tools-always or planner.
+``reasonrec score`` is the same job.
 """
 from __future__ import annotations
 
@@ -23,6 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="rescore a date that already has a committed run")
     parser.add_argument("--batch-size", type=int, help="rows per tool-actor batch")
     parser.add_argument("--tool-actors", type=int, help="size of the tool actor pool")
+    parser.add_argument("--mode", choices=("tools-only", "vlm-only", "vlm+tools-always", "planner"),
+                        help="who answers (default planner)")
+    parser.add_argument("--vlm-backend", choices=("auto", "transformers", "vllm"),
+                        help="the deliberator backend (default auto: vLLM when installed)")
+    parser.add_argument("--shortlist", type=int, help="candidates the VLM ranks (the tools' top N)")
     parser.add_argument("--config", help="YAML with ScoreConfig fields (flags override it)")
 
 
@@ -31,9 +39,11 @@ def score_config(args):
     from reasonrec.config import from_dict, load_yaml
 
     values = load_yaml(args.config)
-    for flag in ("batch_size", "tool_actors"):
-        if getattr(args, flag) is not None:
+    for flag in ("batch_size", "tool_actors", "mode", "shortlist"):
+        if getattr(args, flag, None) is not None:
             values[flag] = getattr(args, flag)
+    if getattr(args, "vlm_backend", None):
+        values.setdefault("deliberator", {})["backend"] = args.vlm_backend
     return from_dict(ScoreConfig, values)
 
 
@@ -41,7 +51,9 @@ def run(args, config=None, log=print) -> dict:
     import ray
     from ray.data import ActorPoolStrategy
 
+    from actors.deliberator import VLMActor, actor_resources
     from actors.horizon import HorizonActor
+    from actors.planner import PlannerActor
     from actors.request_source import RequestShards
     from actors.results_sink import ResultsDatasink
     from actors.tools import ToolActor
@@ -78,9 +90,16 @@ def run(args, config=None, log=print) -> dict:
                         batch_size=config.batch_size, batch_format="pyarrow",
                         compute=ActorPoolStrategy(size=config.tool_actors),
                         num_cpus=config.tool_actor_cpus)
+    if config.mode != "tools-only":
+        ds = ds.map_batches(VLMActor, fn_constructor_kwargs={"bundle_uri": bundle_uri, "config": config},
+                            batch_size=config.vlm_batch_size, batch_format="pyarrow",
+                            compute=ActorPoolStrategy(size=config.vlm_actors), **actor_resources(config.deliberator))
+    ds = ds.map_batches(PlannerActor, fn_constructor_kwargs={"bundle_uri": bundle_uri, "config": config},
+                        batch_size=config.batch_size, batch_format="pyarrow",
+                        compute=ActorPoolStrategy(size=1), num_cpus=config.planner_cpus)
     sink = ResultsDatasink(run, rows_in, header={
         "requests": storage.absolute(args.requests), "bundle": bundle_uri, "bundle_version": bundle.version,
-        "shards": len(shards), "config": dataclasses.asdict(config)})
+        "shards": len(shards), "mode": config.mode, "config": dataclasses.asdict(config)})
     ds.write_datasink(sink, ray_remote_args={"num_cpus": config.io_cpus})
     manifest = sink.manifest
     log(summary(manifest))
@@ -92,10 +111,12 @@ def summary(manifest: dict) -> str:
     latency = ", ".join(f"{r} {ms:.2f}" for r, ms in manifest["latency_ms_mean"].items()) or "-"
     stages = ", ".join(f"{s} {n}" for s, n in manifest["quarantine_stages"].items())
     return "\n".join([
-        f"== nightly job {manifest['run_date']} (run {manifest['run_id']}) committed ==",
+        f"== nightly job {manifest['run_date']} (run {manifest['run_id']}, mode {manifest.get('mode')}) committed ==",
         f"rows in {manifest['rows_in']} = results {manifest['rows_out']} + quarantined "
         f"{manifest['rows_quarantined']}" + (f" ({stages})" if stages else ""),
         f"routes: {routes}; tool usage {manifest['tool_usage_rate']:.0%}; ms/row by route: {latency}",
+        f"VLM calls {manifest['vlm_calls_total']}, tool consultations {manifest['tool_calls_total']}, escalations "
+        f"{manifest['escalation_rate']:.1%}, VLM overrides {manifest['override_rate']:.1%}",
         f"{manifest['users_per_s']:.0f} users/s, {manifest['seconds']:.1f} s wall; bundle {manifest['bundle_version']}",
         f"results under {manifest['output']}/run_date={manifest['run_date']}/run_id={manifest['run_id']}",
     ])

@@ -70,12 +70,20 @@ class Bundle:
         """The fine-tuned VLM as a local Hugging Face folder (transformers and vLLM load from a path)."""
         return self.materialise("vlm/", folder)
 
-    def load_tool(self, name: str):
+    def tool_was_refit(self, name: str) -> bool:
+        return bool(json.loads(self.read(f"tools/{name}/config.json"))["config"].get("refit"))
+
+    def has_holdout(self, name: str) -> bool:
+        return f"tools/{name}/holdout/model.safetensors" in self.manifest["files"]
+
+    def load_tool(self, name: str, holdout: bool = False):
+        """The deployed tool; ``holdout``: its weights from before the refit on train + validation, when it was
+        refit (a tool that was not refit never saw the validation items, so it is its own holdout)."""
         from reasonrec.tools.base import Tool  # torch: only where a tool is loaded
 
         if name not in self.manifest.get("tools", {}):
             raise BundleError(f"{self.uri}: no tool {name!r}; the bundle has {self.tool_names}")
-        prefix = f"tools/{name}/"
+        prefix = f"tools/{name}/holdout/" if holdout and self.has_holdout(name) else f"tools/{name}/"
         with tempfile.TemporaryDirectory() as tmp:
             return Tool.load(self.materialise(prefix, tmp))
 

@@ -1,4 +1,5 @@
-"""``reasonrec`` command line: synth, prepare, train-tools, finetune-vlm, requests, score, evaluate, demo."""
+"""``reasonrec`` command line: synth, prepare, train-tools, finetune-vlm, fit-planner, requests, score, evaluate,
+report, demo."""
 from __future__ import annotations
 
 import argparse
@@ -87,6 +88,20 @@ def cmd_finetune_vlm(args) -> dict:
     config = finetune_config(args)
     _ray_init()
     return finetune_vlm(args.data, args.bundle, config, base=args.base)
+
+
+def cmd_fit_planner(args) -> dict:
+    from jobs.fit_planner import fit_planner_config
+    from reasonrec.train.planner import fit_planner
+
+    return fit_planner(args.data, args.bundle, fit_planner_config(args))
+
+
+def cmd_report(args) -> dict:
+    from reasonrec.report import ReportConfig, write_report
+
+    config = ReportConfig(split=args.split, sweep_users=args.sweep_users, backend=args.vlm_backend)
+    return write_report(args.run, args.data, args.out, config, bundle_uri=args.bundle)
 
 
 def cmd_evaluate(args) -> dict:
@@ -240,11 +255,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="shuffles each direct request's candidates")
     p.set_defaults(func=cmd_requests)
 
+    from jobs.fit_planner import add_arguments as add_fit_arguments
     from jobs.nightly_score import add_arguments
+
+    p = sub.add_parser("fit-planner", help="fit the planner (aggregator, kappa, horizon thresholds) on the "
+                                           "validation split and store it in the bundle")
+    add_fit_arguments(p)
+    p.set_defaults(func=cmd_fit_planner)
 
     p = sub.add_parser("score", help="the nightly scoring job (same as jobs/nightly_score.py)")
     add_arguments(p)
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("report", help="compare committed runs (one per mode): quality, routes, cost, overrides, "
+                                      "cold start, threshold sweep -> markdown + PNG")
+    p.add_argument("--run", action="append", required=True,
+                   help="an output root of the nightly job (repeat, one per mode); its latest committed run is read")
+    p.add_argument("--data", required=True, help="the prepared data the requests came from (targets, frequencies)")
+    p.add_argument("--out", help="report folder (default: REPORT beside the first run's output root)")
+    p.add_argument("--bundle", help="bundle for the threshold sweep (default: the runs' bundle)")
+    p.add_argument("--split", default="test", choices=("valid", "test"))
+    p.add_argument("--sweep-users", type=int, default=1000, help="users per task in the threshold sweep (0: skip)")
+    p.add_argument("--vlm-backend", default="auto", choices=("auto", "transformers", "vllm"))
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("evaluate", help="HR/NDCG@5/10 of the bundle's tools (--bundle) or of committed results")
     p.add_argument("--data", required=True)

@@ -97,6 +97,12 @@ def write_parquet(table: pa.Table, uri: str) -> None:
     pq.write_table(table, path, filesystem=fs)
 
 
+def parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
 def list_files(uri: str) -> list[str]:
     """All files below a prefix, as paths relative to it (sorted)."""
     fs, path = resolve(uri)

@@ -86,7 +86,8 @@ def bundle_uri(synthetic_data, s3_endpoint):
             tool = tool_class(name)(make_config(name, overrides), synthetic_data.n_items,
                                     synthetic_data.train.user_ids)
             fit(tool, synthetic_data.train, synthetic_data.eval_set("valid"),
-                refit_on=synthetic_data.train_and_valid, log=lambda *_: None)
+                refit_on=synthetic_data.train_and_valid, log=lambda *_: None,
+                holdout=lambda t, name=name: t.save(f"{tmp}/{name}/holdout"))
             tool.save(f"{tmp}/{name}")
             writer.add_tool(name, f"{tmp}/{name}", {})
         add_data_files(writer, synthetic_data, HorizonConfig())

@@ -57,7 +57,7 @@ def test_ray_job_submit_runs_the_nightly_job(head_node, synthetic_data, bundle_u
     runtime_env = '{"env_vars": %s}' % __import__("json").dumps(env)
     command = [RAY, "job", "submit", "--address", head_node, "--working-dir", ".", "--runtime-env-json", runtime_env,
                "--", "python", "jobs/nightly_score.py", "--requests", requests, "--bundle", bundle_uri,
-               "--output", output, "--run-date", "2026-11-28"]
+               "--output", output, "--run-date", "2026-11-28", "--mode", "tools-only"]
     for _ in range(10):  # the head's job agent comes up a little after its HTTP server
         done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=420)
         if "No available agent" not in done.stderr:

@@ -10,6 +10,7 @@ from reasonrec import storage
 from reasonrec.batch import commit
 from reasonrec.batch.config import ScoreConfig
 from reasonrec.batch.horizon_stage import HorizonStage
+from reasonrec.batch.planner_stage import PlannerStage
 from reasonrec.batch.requests import (
     conform,
     read_shard,
@@ -23,21 +24,26 @@ from reasonrec.data import schemas
 from reasonrec.evaluate import (
     evaluate_bundle,
     evaluate_results,
+    majority_vote,
     rank_targets,
     ranks_from_results,
     tool_scorer,
 )
 
-CONFIG = ScoreConfig(batch_size=200)
+CONFIG = ScoreConfig(batch_size=200, mode="tools-only")  # this bundle has no VLM (tests/test_planner_job.py has)
 
 
 def stream(table: pa.Table, shard: str = "mem://shard") -> pa.Table:
     return conform(table, shard)
 
 
-def answer(bundle_uri, table: pa.Table) -> pa.Table:
+def answer(bundle_uri, table: pa.Table, config: ScoreConfig = CONFIG, route: str | None = None) -> pa.Table:
+    """The job's stages in order; ``route`` forces every row onto one route (``low``: the primary tool answers)."""
     bundle = Bundle(bundle_uri)
-    return ToolStage(bundle, CONFIG)(HorizonStage(bundle, CONFIG)(stream(table)))
+    rows = ToolStage(bundle, config)(HorizonStage(bundle, config)(stream(table)))
+    if route:
+        rows = rows.set_column(rows.schema.get_field_index("route"), "route", pa.array([route] * rows.num_rows))
+    return PlannerStage(bundle, config)(rows)
 
 
 def request_rows(**columns) -> pa.Table:
@@ -96,14 +102,22 @@ def test_unreadable_shard_and_missing_column_become_quarantine_rows(tmp_path):
     assert out.column("k").to_pylist() == [3, None] and out.column("error").null_count == 2
 
 
-@pytest.mark.parametrize("task,tool", [("sequential", "sasrec"), ("direct", "lightgcn")])
+@pytest.mark.parametrize("task,tool", [("sequential", "sasrec"), ("direct", "lightgcn"), ("sequential", "vote"),
+                                       ("direct", "vote")])
 def test_batch_answers_rank_exactly_like_the_evaluator(bundle_uri, synthetic_data, task, tool):
+    """Route low answers with the task's primary tool; tools-only with the Majority Vote of every tool."""
     requests = requests_for_split(synthetic_data, "test", task, k=10)
-    out = answer(bundle_uri, requests)
+    bundle = Bundle(bundle_uri)
+    if tool == "vote":
+        out = answer(bundle_uri, requests)
+        scorer = majority_vote(bundle.load_tool(name) for name in bundle.tool_names)
+    else:
+        out = answer(bundle_uri, requests, ScoreConfig(batch_size=200, mode="planner"), route="low")
+        scorer = tool_scorer(bundle.load_tool(tool))
     assert out.num_rows == requests.num_rows and out.column("error").null_count == out.num_rows
     results = commit._results(out, "r")
     evalset = synthetic_data.eval_set("test")
-    expected = rank_targets(tool_scorer(Bundle(bundle_uri).load_tool(tool)), evalset, task)
+    expected = rank_targets(scorer, evalset, task)
     target_ids = synthetic_data.item_vocab.lookup(evalset.target)
     got = ranks_from_results(results, users=evalset.history.user_ids, items=target_ids)
     in_list = expected < 10
@@ -121,9 +135,11 @@ def test_batch_answers_rank_exactly_like_the_evaluator(bundle_uri, synthetic_dat
         assert all({x["item_id"] for x in r} <= set(cands[u])
                    for u, r in zip(results.column("user_id").to_pylist(), ranked))
     confidence = results.column("confidence").to_numpy()
-    assert ((confidence > 0) & (confidence <= 1)).all()
+    assert ((confidence >= 0) & (confidence <= 1)).all() and confidence.mean() > 0
     assert results.column("trace")[0].as_py().startswith("EH: ")
-    assert set(results.column("tools").to_pylist()[0]) == {tool}
+    assert set(results.column("tools").to_pylist()[0]) == ({tool} if tool != "vote" else set(bundle.tool_names))
+    assert results.column("path").to_pylist()[0] == ("tool" if tool != "vote" else "vote")
+    assert not any(results.column("vlm_called").to_pylist())
 
 
 def test_unknown_user_and_unknown_history_items_are_answered(bundle_uri):
@@ -174,7 +190,7 @@ def test_nightly_job_on_s3_commits_quarantines_and_agrees_with_evaluate(ray_sess
     storage.write_parquet(table.slice(0, 7).drop_columns(["k"]), f"{requests}/no-k.parquet")
 
     args = ["score", "--requests", requests, "--bundle", bundle_uri, "--output", output,
-            "--run-date", "2026-11-27", "--batch-size", "256", "--tool-actors", "2"]
+            "--run-date", "2026-11-27", "--batch-size", "256", "--tool-actors", "2", "--mode", "tools-only"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "== nightly job 2026-11-27" in printed and "users/s" in printed
@@ -198,8 +214,8 @@ def test_nightly_job_on_s3_commits_quarantines_and_agrees_with_evaluate(ray_sess
     results = commit.read_committed(output, "2026-11-27")
     for task in ("sequential", "direct"):
         from_results = evaluate_results(results, synthetic_data, task)["metrics"]
-        tool = CONFIG.primary[task]
-        from_evaluate = evaluate_bundle(synthetic_data, Bundle(bundle_uri), task, log=lambda *_: None)["tools"][tool]
+        from_evaluate = evaluate_bundle(synthetic_data, Bundle(bundle_uri), task,
+                                        log=lambda *_: None)["baselines"]["majority_vote"]
         assert from_results == pytest.approx(from_evaluate, abs=1e-9)
 
     assert main(args) == 0  # the date is committed: a no-op that says so

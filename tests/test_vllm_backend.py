@@ -95,7 +95,7 @@ def test_deliberator_actor_in_ray_data(ray_session, vlm_bundle_uri, rows, refere
 
     from actors.deliberator import DeliberatorActor, actor_resources
 
-    config = DeliberatorConfig(batch_size=4, threads=1)
+    config = DeliberatorConfig(backend="transformers", batch_size=4, threads=1)
     assert actor_resources(config) == {"num_cpus": 0.5, "num_gpus": 0}  # no GPU in this cluster
     assert config.resources(cluster_gpus=4)["num_gpus"] == 1
     ds = ray.data.from_items(rows).map_batches(

@@ -61,17 +61,30 @@ def write_part(table: pa.Table, run: Run) -> dict:
         storage.write_parquet(quarantine, storage.join(run.uri, "quarantine", name))
         written["quarantine"].append(f"quarantine/{name}")
     latency = results.group_by("route").aggregate([("latency_ms", "sum")])
+    per_route = {name: _sums_by_route(results, column)
+                 for name, column in (("vlm_calls", "vlm_called"), ("escalations", "escalated"),
+                                      ("overrides", "overrode"))}
+    per_route["tool_calls"] = _sums_by_route(results.append_column(
+        "n_tools", pc.fill_null(pc.list_value_length(results.column("tools")), 0)), "n_tools")
     return {
+        **per_route,
         **written,
         "rows_out": results.num_rows,
         "rows_quarantined": quarantine.num_rows,
         "routes": _counts(results.column("route")),
         "tasks": _counts(results.column("task")),
+        "paths": _counts(results.column("path")),
         "quarantine_stages": _counts(quarantine.column("stage")),
         "latency_ms_sum": dict(zip(latency.column("route").to_pylist(), latency.column("latency_ms_sum").to_pylist())),
         "tool_rows": int(pc.sum(pc.greater(pc.fill_null(pc.list_value_length(results.column("tools")), 0), 0))
                          .as_py() or 0),
     }
+
+
+def _sums_by_route(results: pa.Table, column: str) -> dict:
+    values = pc.cast(results.column(column), pa.int64())
+    sums = pa.table({"route": results.column("route"), "v": values}).group_by("route").aggregate([("v", "sum")])
+    return dict(zip(sums.column("route").to_pylist(), sums.column("v_sum").to_pylist()))
 
 
 def _counts(column: pa.ChunkedArray) -> dict:
@@ -101,7 +114,8 @@ def _quarantine(table: pa.Table, run_id: str) -> pa.Table:
 def summarise(parts: list[dict]) -> dict:
     """Totals over every written part (the ``write_part`` returns)."""
     total = {"results": [], "quarantine": [], "rows_out": 0, "rows_quarantined": 0, "tool_rows": 0}
-    counters = {name: Counter() for name in ("routes", "tasks", "quarantine_stages", "latency_ms_sum")}
+    counters = {name: Counter() for name in ("routes", "tasks", "quarantine_stages", "latency_ms_sum", "vlm_calls",
+                                             "escalations", "overrides", "tool_calls", "paths")}
     for part in parts:
         for key in ("results", "quarantine"):
             total[key] += part[key]
@@ -110,8 +124,16 @@ def summarise(parts: list[dict]) -> dict:
         for name, counter in counters.items():
             counter.update(part[name])
     routes = dict(sorted(counters["routes"].items()))
+    rows = max(total["rows_out"], 1)
     return {
         **total, "routes": routes, "tasks": dict(counters["tasks"]),
+        "route_shares": {r: n / rows for r, n in routes.items()},
+        "paths": dict(counters["paths"]),
+        **{name: dict(counters[name]) for name in ("vlm_calls", "escalations", "overrides", "tool_calls")},
+        "vlm_calls_total": sum(counters["vlm_calls"].values()),
+        "tool_calls_total": sum(counters["tool_calls"].values()),
+        "override_rate": sum(counters["overrides"].values()) / rows,
+        "escalation_rate": sum(counters["escalations"].values()) / rows,
         "quarantine_stages": dict(counters["quarantine_stages"]),
         "latency_ms_mean": {r: counters["latency_ms_sum"][r] / n for r, n in routes.items()},
         "tool_usage_rate": total["tool_rows"] / total["rows_out"] if total["rows_out"] else 0.0,

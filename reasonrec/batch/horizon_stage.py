@@ -1,10 +1,12 @@
-"""First stage of the nightly job: validate each request, add its evidence horizon and route (no torch here)."""
+"""First stage of the nightly job: validate each request, add its evidence horizon and the planner's route
+(no torch here)."""
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from reasonrec.batch.config import ScoreConfig
+from reasonrec.batch.config import ScoreConfig, make_planner
 from reasonrec.batch.requests import Validator, history_indices
 from reasonrec.bundle import Bundle
 from reasonrec.data.vocab import Vocab
@@ -16,6 +18,7 @@ class HorizonStage:
         self.vocab = Vocab(bundle.item_ids(), offset=1)
         self.horizon = EvidenceHorizon.from_json(bundle.read("horizon.json"))
         self.validate = Validator(self.vocab, config.max_k, tuple(config.primary))
+        self.planner = make_planner(bundle, config)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         batch = self.validate(batch)
@@ -23,4 +26,5 @@ class HorizonStage:
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         c = self.horizon.apply(lengths, offsets, items)
         batch = batch.append_column("horizon", pa.array(c, pa.float32()))
-        return batch.append_column("route", pa.array(self.horizon.route(c), pa.string()))
+        task = pc.fill_null(batch.column("task"), "").to_numpy(zero_copy_only=False)
+        return batch.append_column("route", pa.array(self.planner.routes(task, c), pa.string()))

@@ -1,6 +1,9 @@
-"""The tools answer: the task's primary classical tool scores the catalogue (or the given candidates), top k.
+"""The tools stage: every consulted classical tool scores each valid row once; the planner reads the signals.
 
-Rows rejected by an earlier stage pass through with empty answer columns, so every row reaches the sink.
+Per row it adds the majority vote's top ``max(shortlist, k)`` items (``pool``: the VLM's candidates are its first
+``shortlist``, the rest is the tail of a final ranking), each tool's raw scores on the shortlist (``tool_scores``,
+tool-major, -inf on padding), and the primary tool's own top k with its confidence (the answer of route low).
+Rows rejected by an earlier stage pass through with null signals, so every row reaches the sink.
 """
 from __future__ import annotations
 
@@ -11,68 +14,105 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from reasonrec.batch.config import ScoreConfig
-from reasonrec.batch.requests import STREAM, history_sequences
+from reasonrec.batch.config import ScoreConfig, consulted_tools
+from reasonrec.batch.requests import history_sequences
 from reasonrec.bundle import Bundle
-from reasonrec.data import schemas
 from reasonrec.data.vocab import Vocab
+from reasonrec.evaluate import normalise
 from reasonrec.tools.base import Tool, exclude_seen
 
-ANSWER_COLUMNS = ("confidence", "ranked", "tools", "trace", "model_version", "latency_ms")
+SIGNALS = [
+    pa.field("pool", pa.list_(pa.string())), pa.field("pool_scores", pa.list_(pa.float32())),
+    pa.field("tool_scores", pa.list_(pa.float32())),  # T x shortlist, flattened
+    pa.field("primary_items", pa.list_(pa.string())), pa.field("primary_scores", pa.list_(pa.float32())),
+    pa.field("tool_confidence", pa.float32()), pa.field("latency_ms", pa.float32()),
+]
 
 
 class ToolStage:
-    def __init__(self, bundle: Bundle, config: ScoreConfig):
+    def __init__(self, bundle: Bundle, config: ScoreConfig, holdout: bool = False):
+        """``holdout``: the tools as they were before their refit on the validation items (fit-planner)."""
         torch.set_num_threads(config.torch_threads)
         self.vocab = Vocab(bundle.item_ids(), offset=1)
-        self.version = bundle.version
-        self.primary = dict(config.primary)
-        self.tools: dict[str, Tool] = {name: bundle.load_tool(name) for name in set(self.primary.values())}
+        self.config = config
+        self.names = consulted_tools(bundle, config)
+        self.tools: dict[str, Tool] = {name: bundle.load_tool(name, holdout) for name in self.names}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         ok = batch.column("error").is_null()
-        parts = [_without_answers(batch.filter(pc.invert(ok)))]
-        for task, tool_name in self.primary.items():
+        parts = [_without_signals(batch.filter(pc.invert(ok)))]
+        for task in self.config.primary:
             rows = batch.filter(pc.and_(ok, pc.equal(batch.column("task"), task)))
             if rows.num_rows:
-                parts.append(self.answer(rows, task, tool_name))
+                parts.append(self.signals(rows, task))
         return pa.concat_tables(parts)
 
     @torch.no_grad()
-    def answer(self, batch: pa.Table, task: str, tool_name: str) -> pa.Table:
+    def signals(self, batch: pa.Table, task: str) -> pa.Table:
         start = time.perf_counter()
         history = history_sequences(batch, self.vocab)
-        scores = self.tools[tool_name].score(history)
+        raw = {name: tool.score(history) for name, tool in self.tools.items()}
+        vote = torch.stack([normalise(s) for s in raw.values()]).mean(dim=0)  # the evaluator's Majority Vote
         k = torch.from_numpy(batch.column("k").to_numpy().astype(np.int64))
         if task == "sequential":
-            values, items = exclude_seen(scores, history).topk(int(min(k.max(), len(self.vocab))), dim=1)
+            for scores in (*raw.values(), vote):
+                exclude_seen(scores, history)
+            eligible = None
         else:
-            candidates = _candidate_matrix(batch.column("candidates"), self.vocab)
-            picked = scores.gather(1, candidates.clamp(min=0)).masked_fill(candidates < 0, float("-inf"))
-            values, pos = picked.topk(int(min(k.max(), candidates.shape[1])), dim=1)
-            items, scores = candidates.gather(1, pos), picked
-        # Softmax probability of the top answer among everything that was eligible.
-        confidence = torch.exp(values[:, 0] - torch.logsumexp(scores, dim=1)).nan_to_num(0.0)
-        keep = (torch.arange(values.shape[1])[None, :] < k[:, None]) & torch.isfinite(values)
-        ranked = _ranked(values, items, keep, self.vocab)
+            eligible = _candidate_matrix(batch.column("candidates"), self.vocab)
+        n = self.config.shortlist
+        pool_scores, pool = _top(vote, eligible, max(int(k.max()), n))
+        short = pool[:, :n].clamp(min=0)
+        padding = ~torch.isfinite(pool_scores[:, :n])
+        if short.shape[1] < n:  # fewer eligible items than the shortlist: pad to a fixed width
+            pad = n - short.shape[1]
+            short = torch.nn.functional.pad(short, (0, pad))
+            padding = torch.nn.functional.pad(padding, (0, pad), value=True)
+        tool_scores = torch.stack([s.gather(1, short).masked_fill(padding, float("-inf")) for s in raw.values()])
+        primary = raw[self.config.primary[task]]
+        primary_values, primary_items = _top(primary, eligible, int(k.max()))
+        eligible_scores = primary if eligible is None else primary.gather(1, eligible.clamp(min=0)).masked_fill(
+            eligible < 0, float("-inf"))
+        confidence = torch.exp(primary_values[:, 0] - torch.logsumexp(eligible_scores, dim=1)).nan_to_num(0.0)
         latency_ms = 1000 * (time.perf_counter() - start) / batch.num_rows
-        n = batch.num_rows
-        trace = pc.binary_join_element_wise(
-            "EH: ", pc.cast(pc.round(batch.column("horizon"), 2), pa.string()),
-            "; route: ", batch.column("route"), f" (tools-only); tools: {tool_name}; confidence ",
-            pc.cast(pc.round(pa.array(confidence.numpy()), 2), pa.string()), "")
-        answers = {
-            "confidence": pa.array(confidence.numpy(), pa.float32()),
-            "ranked": ranked,
-            "tools": pa.ListArray.from_arrays(pa.array(np.arange(n + 1), pa.int32()),
-                                              pa.array(np.full(n, tool_name), pa.string())),
-            "trace": trace,
-            "model_version": pa.array(np.full(n, self.version), pa.string()),
-            "latency_ms": pa.array(np.full(n, latency_ms), pa.float32()),
+        rows = batch.num_rows
+        columns = {
+            "pool": _lists(pool, torch.isfinite(pool_scores), self.vocab),
+            "pool_scores": _float_lists(pool_scores, torch.isfinite(pool_scores)),
+            "tool_scores": pa.FixedSizeListArray.from_arrays(
+                pa.array(tool_scores.permute(1, 0, 2).reshape(-1).numpy(), pa.float32()), len(raw) * n).cast(
+                pa.list_(pa.float32())),
+            "primary_items": _lists(primary_items, _within_k(primary_values, k), self.vocab),
+            "primary_scores": _float_lists(primary_values, _within_k(primary_values, k)),
+            "tool_confidence": pa.array(confidence.numpy(), pa.float32()),
+            "latency_ms": pa.array(np.full(rows, latency_ms), pa.float32()),
         }
-        for name in ANSWER_COLUMNS:
-            batch = batch.append_column(name, answers[name])
+        for field in SIGNALS:
+            batch = batch.append_column(field, columns[field.name])
         return batch
+
+
+def _top(scores: torch.Tensor, eligible: torch.Tensor | None, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top k (values, item indices) over the catalogue, or over each row's eligible items (-1 = padding)."""
+    if eligible is None:
+        return scores.topk(min(k, scores.shape[1]), dim=1)
+    picked = scores.gather(1, eligible.clamp(min=0)).masked_fill(eligible < 0, float("-inf"))
+    values, pos = picked.topk(min(k, picked.shape[1]), dim=1)
+    return values, eligible.gather(1, pos)
+
+
+def _within_k(values: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    return (torch.arange(values.shape[1])[None, :] < k[:, None]) & torch.isfinite(values)
+
+
+def _lists(items: torch.Tensor, keep: torch.Tensor, vocab: Vocab) -> pa.ListArray:
+    offsets = np.concatenate([[0], np.cumsum(keep.sum(dim=1).numpy())])
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(vocab.lookup(items[keep].numpy()), pa.string()))
+
+
+def _float_lists(values: torch.Tensor, keep: torch.Tensor) -> pa.ListArray:
+    offsets = np.concatenate([[0], np.cumsum(keep.sum(dim=1).numpy())])
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values[keep].numpy(), pa.float32()))
 
 
 def _candidate_matrix(candidates: pa.ChunkedArray, vocab: Vocab) -> torch.Tensor:
@@ -85,21 +125,7 @@ def _candidate_matrix(candidates: pa.ChunkedArray, vocab: Vocab) -> torch.Tensor
     return torch.from_numpy(matrix)
 
 
-def _ranked(values: torch.Tensor, items: torch.Tensor, keep: torch.Tensor, vocab: Vocab) -> pa.ListArray:
-    offsets = np.concatenate([[0], np.cumsum(keep.sum(dim=1).numpy())])
-    struct = pa.StructArray.from_arrays(
-        [pa.array(vocab.lookup(items[keep].numpy()), pa.string()), pa.array(values[keep].numpy(), pa.float32())],
-        fields=list(schemas.RANKED.value_type))
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), struct, type=schemas.RANKED)
-
-
-def _without_answers(batch: pa.Table) -> pa.Table:
-    types = {f.name: f.type for f in schemas.RESULTS}
-    for name in ANSWER_COLUMNS:
-        batch = batch.append_column(name, pa.nulls(batch.num_rows, types[name]))
+def _without_signals(batch: pa.Table) -> pa.Table:
+    for field in SIGNALS:
+        batch = batch.append_column(field, pa.nulls(batch.num_rows, field.type))
     return batch
-
-
-# Column order after both stages, so that every block the sink sees has one schema.
-ANSWERED = pa.schema([*STREAM, pa.field("horizon", pa.float32()), pa.field("route", pa.string()),
-                      *(f for f in schemas.RESULTS if f.name in ANSWER_COLUMNS)])

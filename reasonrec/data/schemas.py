@@ -84,6 +84,13 @@ RESULTS = pa.schema([
     pa.field("trace", pa.string()),
     pa.field("model_version", pa.string()),
     pa.field("latency_ms", pa.float32()),
+    # What the planner did (reasonrec.planner): who answered, and the opinions it weighed.
+    pa.field("path", pa.string()),  # tool / vote / vlm / aggregate
+    pa.field("vlm_called", pa.bool_()),
+    pa.field("escalated", pa.bool_()),  # a medium row sent on to the tools for low VLM confidence
+    pa.field("overrode", pa.bool_()),  # the VLM's top won against the tools' vote
+    pa.field("vlm_top", pa.string()),
+    pa.field("tools_top", pa.string()),
 ])
 
 QUARANTINE = pa.schema([

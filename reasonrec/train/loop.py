@@ -15,11 +15,13 @@ from reasonrec.tools.base import Tool
 
 
 def fit(tool: Tool, train: Sequences, valid: EvalSet | None = None, *, refit_on: Sequences | None = None,
-        module: nn.Module | None = None, shard: tuple[int, int] = (0, 1), log: Callable = print) -> dict:
+        module: nn.Module | None = None, shard: tuple[int, int] = (0, 1), log: Callable = print,
+        holdout: Callable[[Tool], None] | None = None) -> dict:
     """Train ``tool`` on ``train``; early-stop on validation NDCG@10 and keep the best weights.
 
     With ``tool.config.refit`` and ``refit_on`` (train + validation interactions), the chosen number of epochs is
-    then rerun from the initial weights on ``refit_on``. ``module`` is what the loss is computed through (``tool``
+    then rerun from the initial weights on ``refit_on``; ``holdout(tool)`` sees the model before that refit (one
+    that has not seen the validation items: the planner is fitted on them). ``module`` is what the loss is computed through (``tool``
     or its DDP wrapper); ``shard`` = (rank, world size) selects this worker's users.
     """
     cfg = tool.config
@@ -32,6 +34,10 @@ def fit(tool: Tool, train: Sequences, valid: EvalSet | None = None, *, refit_on:
         mine = lambda seqs: seqs.select(np.arange(shard[0], len(seqs), shard[1]))  # noqa: E731
         best = _train(tool, module or tool, mine(train), valid, cfg.epochs, rng, log)
         if cfg.refit and refit_on is not None and valid is not None:
+            if holdout is not None:
+                tool.finalize()
+                tool.eval()
+                holdout(tool)
             log(f"[{tool.name}] refit on train+valid for {best['epoch']} epochs")
             tool.load_state_dict(initial)
             tool.attach(refit_on)

@@ -52,10 +52,12 @@ def train_loop_per_worker(cfg: dict) -> None:
     cls = tool_class(cfg["tool"])
     tool = cls(make_config(cfg["tool"], cfg["overrides"]), data.n_items, data.train.user_ids)
     module = ray.train.torch.prepare_model(tool, move_to_device=False) if world > 1 and tool.trainable else tool
-    best = fit(tool, data.train, data.eval_set("valid"), refit_on=data.train_and_valid, module=module,
-               shard=(rank, world), log=lambda line: print(line, file=sys.stderr, flush=True))
-    # One report at the end: each report is a round trip to the controller (~2 s measured here).
     with tempfile.TemporaryDirectory() as tmp:
+        # A refit tool keeps its train-only weights in holdout/: fit-planner reads the validation split with them.
+        best = fit(tool, data.train, data.eval_set("valid"), refit_on=data.train_and_valid, module=module,
+                   shard=(rank, world), log=lambda line: print(line, file=sys.stderr, flush=True),
+                   holdout=lambda t: t.save(f"{tmp}/holdout") if rank == 0 else None)
+        # One report at the end: each report is a round trip to the controller (~2 s measured here).
         checkpoint = None
         if rank == 0:
             tool.save(tmp)

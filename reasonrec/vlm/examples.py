@@ -130,18 +130,20 @@ def tool_rankings(tools: dict, history: Sequences, candidates: np.ndarray, chunk
 class Catalogue:
     """Item index -> prompt Item (title, image); categories for profiles and explanations."""
 
-    def __init__(self, data: PreparedData, images: bool = True):
-        items = data.table("items")
+    def __init__(self, items: pa.Table, vocab, images: bool = True):
+        """``items``: the catalogue table (item_id, title, categories, image_uri); ``vocab``: items, offset 1."""
         ids = items.column("item_id").to_pylist()
-        index = data.item_vocab.index(items.column("item_id"))
+        index = vocab.index(items.column("item_id"))
         titles = items.column("title").to_pylist()
         uris = items.column("image_uri").to_pylist() if images else [None] * len(ids)
         categories = items.column("categories").to_pylist()
-        size = data.n_items + 1
+        size = len(vocab) + 1
         self.ids = np.empty(size, dtype=object)
         self.items = np.empty(size, dtype=object)
         self.category = np.empty(size, dtype=object)
         for row, i in enumerate(index):
+            if i < 0:
+                continue  # an item the model was not trained on
             self.ids[i] = ids[row]
             self.items[i] = Item(titles[row] or f"item {ids[row]}", uris[row] or None)
             self.category[i] = (categories[row] or [None])[0]
@@ -188,7 +190,7 @@ def build_examples(data: PreparedData, split: str, horizon: EvidenceHorizon, too
     asked = np.where(rng.random(users) < 0.5, position, rng.integers(0, config.candidates, users))
     noisy = rng.random((users, len(names))) < config.noise
     other = rng.integers(1, config.candidates, (users, len(names)))  # a noisy output: another candidate
-    catalogue = Catalogue(data, images=config.images)
+    catalogue = Catalogue(data.table("items"), data.item_vocab, images=config.images)
     templates = {t: templates_for(t) for t in task_names}
     template_pick = rng.integers(0, 10, users)
 

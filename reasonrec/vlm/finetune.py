@@ -230,6 +230,8 @@ def finetune_vlm(data_uri: str, bundle_uri: str, config: FinetuneConfig, base: s
             log(f"training loss {summary['loss_first']:.4f} -> {summary['loss_last']:.4f} in {summary['seconds']}s")
             metrics = evaluate_vlm(data, horizon, folder, base_path, config, log) if config.eval_users else {}
             with BundleWriter(bundle_uri) as writer:
+                # The prompt builder's catalogue (titles, categories, images) travels with the model it was tuned for.
+                writer.add_file("catalogue.parquet", storage.parquet_bytes(data.table("items")))
                 writer.add_vlm(folder, {"base": base or "tiny", "lora_rank": lora_rank, "training": summary,
                                         "examples": examples.num_rows, "metrics": metrics,
                                         "config": dataclasses.asdict(config),

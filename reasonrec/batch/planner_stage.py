@@ -1,0 +1,185 @@
+"""The planner stage: decide each valid row from its signals and write the final answer columns.
+
+A row's ranking is its path's order of the shortlist followed by the rest of the majority-vote pool (route low
+and ``tools-only`` rows keep the tool's own ranking); the trace says what happened.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from reasonrec.batch.config import ScoreConfig, make_planner
+from reasonrec.bundle import Bundle
+from reasonrec.data import schemas
+from reasonrec.data.vocab import Vocab
+
+ANSWER_COLUMNS = ("confidence", "ranked", "tools", "trace", "model_version", "latency_ms", "path", "vlm_called",
+                  "escalated", "overrode", "vlm_top", "tools_top")
+
+
+def padded(column: pa.ChunkedArray, width: int | None = None, fill=np.nan, to=None) -> np.ndarray:
+    """A list column as a (rows, width) matrix; ``to`` maps the flat values (e.g. ids -> indices)."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = pc.list_flatten(column)
+    values = to(flat) if to else flat.to_numpy(zero_copy_only=False)
+    width = int(lengths.max(initial=0)) if width is None else width
+    out = np.full((len(lengths), max(width, 1)), fill, dtype=values.dtype if to else np.float64)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    cols = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    inside = cols < out.shape[1]
+    out[rows[inside], cols[inside]] = values[inside]
+    return out
+
+
+class PlannerStage:
+    def __init__(self, bundle: Bundle, config: ScoreConfig):
+        self.config = config
+        self.vocab = Vocab(bundle.item_ids(), offset=1)
+        self.planner = make_planner(bundle, config)
+        self.version = bundle.version
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        ok = batch.column("error").is_null()
+        parts = [_without_answers(batch.filter(pc.invert(ok)))]
+        valid = batch.filter(ok)
+        if valid.num_rows:
+            parts.append(self.answer(valid))
+        return pa.concat_tables(parts)
+
+    def answer(self, batch: pa.Table) -> pa.Table:
+        start = time.perf_counter()
+        n, tools = self.config.shortlist, self.planner.tools
+        rows = batch.num_rows
+        task = batch.column("task").to_numpy(zero_copy_only=False).astype(object)
+        route = batch.column("route").to_numpy(zero_copy_only=False).astype(object)
+        horizon = batch.column("horizon").to_numpy(zero_copy_only=False).astype(np.float64)
+        k = batch.column("k").to_numpy(zero_copy_only=False).astype(np.int64)
+        index = self.vocab.index
+        pool = padded(batch.column("pool"), fill=-1, to=index)
+        pool_scores = padded(batch.column("pool_scores"), pool.shape[1], fill=-np.inf)
+        tool_scores = padded(batch.column("tool_scores"), len(tools) * n).reshape(rows, len(tools), n)
+        tool_scores = np.nan_to_num(tool_scores.transpose(1, 0, 2), nan=-np.inf)
+        if "vlm_scores" in batch.column_names:
+            vlm = padded(batch.column("vlm_scores"), n)
+            vlm_conf = pc.fill_null(batch.column("vlm_confidence"), np.nan).to_numpy(zero_copy_only=False)
+        else:  # tools-only: the job has no VLM stage
+            vlm, vlm_conf = np.full((rows, n), np.nan), np.full(rows, np.nan)
+        tool_conf = batch.column("tool_confidence").to_numpy(zero_copy_only=False).astype(np.float32)
+        shortlist = np.pad(pool[:, :n], ((0, 0), (0, max(0, n - pool.shape[1]))), constant_values=-1)
+        vote = np.pad(pool_scores[:, :n], ((0, 0), (0, max(0, n - pool.shape[1]))), constant_values=-np.inf)
+
+        d = self.planner.decide(self.config.mode, task, route, horizon, tool_scores, vote, vlm, vlm_conf, tool_conf)
+        items, scores = self._rankings(d, shortlist, pool, pool_scores, batch)
+        keep = (np.arange(items.shape[1])[None, :] < k[:, None]) & np.isfinite(scores) & (items > 0)
+        ranked = _ranked(items, scores, keep, self.vocab)
+
+        vlm_top = np.where(d.vlm_called, shortlist[np.arange(rows), np.argmax(np.nan_to_num(vlm, nan=-1), 1)], -1)
+        primary_top = items[:, 0]
+        tools_top = np.select([d.path == "tool", np.isin(d.path, ["vote", "aggregate"])], [primary_top, pool[:, 0]], -1)
+        names = _tool_names(d.consulted, tools)
+        latency = batch.column("latency_ms").to_numpy(zero_copy_only=False) + 1000 * (time.perf_counter() - start) / rows
+        answers = {
+            "confidence": pa.array(d.confidence, pa.float32()),
+            "ranked": ranked,
+            "tools": names,
+            "trace": self._trace(batch, d, vlm_conf, vlm_top, tools_top, items[:, 0], names),
+            "model_version": pa.array(np.full(rows, self.version), pa.string()),
+            "latency_ms": pa.array(latency, pa.float32()),
+            "path": pa.array(d.path.astype(str), pa.string()),
+            "vlm_called": pa.array(d.vlm_called, pa.bool_()),
+            "escalated": pa.array(d.escalated, pa.bool_()),
+            "overrode": pa.array(d.overrode, pa.bool_()),
+            "vlm_top": _ids(vlm_top, self.vocab),
+            "tools_top": _ids(tools_top, self.vocab),
+        }
+        batch = batch.drop_columns(["latency_ms"])
+        for name in ANSWER_COLUMNS:
+            batch = batch.append_column(pa.field(name, ANSWERED.field(name).type), answers[name])
+        return batch
+
+    def _rankings(self, d, shortlist, pool, pool_scores, batch) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, width) item indices and scores, best first, per each row's path."""
+        n = shortlist.shape[1]
+        primary = padded(batch.column("primary_items"), fill=-1, to=self.vocab.index)
+        width = max(pool.shape[1], primary.shape[1], n)
+        items = np.pad(pool, ((0, 0), (0, width - pool.shape[1])), constant_values=-1)
+        scores = np.pad(pool_scores, ((0, 0), (0, width - pool.shape[1])), constant_values=-np.inf)
+        reranked = np.isin(d.path, ["vlm", "aggregate"])
+        if reranked.any():
+            order = np.argsort(-np.nan_to_num(d.scores[reranked], neginf=-1e30), axis=1, kind="stable")
+            short_scores = np.take_along_axis(d.scores[reranked], order, axis=1)
+            floor = np.where(np.isfinite(short_scores), short_scores, np.inf).min(axis=1, keepdims=True)
+            # The tail keeps its vote order below the shortlist: scores must fall with the rank.
+            tail = np.where(np.isfinite(scores[reranked, n:]), floor - 1 - np.arange(width - n)[None, :], -np.inf)
+            items[reranked, :n] = np.take_along_axis(shortlist[reranked], order, axis=1)
+            scores[reranked] = np.concatenate([short_scores, tail], axis=1)
+        by_tool = d.path == "tool"
+        if by_tool.any():
+            primary_scores = padded(batch.column("primary_scores"), primary.shape[1], fill=-np.inf)
+            items[by_tool] = np.pad(primary[by_tool], ((0, 0), (0, width - primary.shape[1])), constant_values=-1)
+            scores[by_tool] = np.pad(primary_scores[by_tool], ((0, 0), (0, width - primary.shape[1])),
+                                     constant_values=-np.inf)
+        return items, scores
+
+    def _trace(self, batch, d, vlm_conf, vlm_top, tools_top, answer, names) -> pa.Array:
+        def text(values) -> pa.Array:
+            return pa.array(np.asarray(values).astype(str), pa.string())
+
+        vlm_part = pc.if_else(pa.array(d.vlm_called), pc.binary_join_element_wise(
+            _ids(vlm_top, self.vocab), text(np.char.mod("%.2f", np.nan_to_num(vlm_conf))), " "), "-")
+        consulted = pc.greater(pc.list_value_length(names), 0)
+        tools_part = pc.if_else(consulted, pc.binary_join_element_wise(
+            pc.binary_join(names, ", "), _ids(tools_top, self.vocab), " -> "), "-")
+        path = np.where(d.escalated, np.char.add(d.path.astype(str), " (escalated)"), d.path.astype(str))
+        return pc.binary_join_element_wise(
+            "EH: ", text(np.char.mod("%.2f", batch.column("horizon").to_numpy(zero_copy_only=False))),
+            " (", batch.column("route"), f"); mode: {self.config.mode}; path: ", text(path), "; vlm: ", vlm_part,
+            "; tools: ", tools_part, "; answer: ", _ids(answer, self.vocab),
+            "; confidence: ", text(np.char.mod("%.2f", d.confidence)),
+            text(np.where(d.overrode, "; vlm overrode the tools", "")), "",
+            null_handling="replace", null_replacement="-")
+
+
+def _ids(indices: np.ndarray, vocab: Vocab) -> pa.Array:
+    known = indices > 0
+    ids = np.full(len(indices), None, dtype=object)
+    ids[known] = vocab.lookup(indices[known])
+    return pa.array(ids, pa.string())
+
+
+def _tool_names(consulted: np.ndarray, tools: list[str]) -> pa.ListArray:
+    counts = consulted.sum(axis=1)
+    flat = np.broadcast_to(np.array(tools, dtype=object), consulted.shape)[consulted]
+    return pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(counts)]), pa.int32()),
+                                    pa.array(flat, pa.string()))
+
+
+def _ranked(items: np.ndarray, scores: np.ndarray, keep: np.ndarray, vocab: Vocab) -> pa.ListArray:
+    offsets = np.concatenate([[0], np.cumsum(keep.sum(axis=1))])
+    struct = pa.StructArray.from_arrays(
+        [pa.array(vocab.lookup(items[keep]), pa.string()), pa.array(scores[keep], pa.float32())],
+        fields=list(schemas.RANKED.value_type))
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), struct, type=schemas.RANKED)
+
+
+def _without_answers(batch: pa.Table) -> pa.Table:
+    batch = batch.drop_columns(["latency_ms"])
+    for name in ANSWER_COLUMNS:
+        batch = batch.append_column(ANSWERED.field(name), pa.nulls(batch.num_rows, ANSWERED.field(name).type))
+    return batch
+
+
+def _answered_schema() -> pa.Schema:
+    from reasonrec.batch.requests import STREAM
+
+    results = {f.name: f for f in schemas.RESULTS}
+    return pa.schema([*STREAM, pa.field("horizon", pa.float32()), pa.field("route", pa.string()),
+                      *(results[name] for name in ANSWER_COLUMNS)])
+
+
+# Column order of every block the sink sees.
+ANSWERED = _answered_schema()

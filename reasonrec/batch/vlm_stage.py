@@ -1,0 +1,110 @@
+"""The VLM stage: rows the planner sends to the VLM get a listing prompt over their shortlist and one forward pass.
+
+Rows that do not need the VLM (route low in ``planner`` mode, every row in ``tools-only``) pass through without a
+model call; their ``vlm_scores`` stay NaN. The prompt states the horizon and asks the VLM to answer on its own
+(``decision: answer``): it gives its prediction before the tools are consulted (paper Fig. 3), so that the
+aggregator combines two independent opinions.
+"""
+from __future__ import annotations
+
+import io
+import time
+import zlib
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from reasonrec.batch.config import ScoreConfig, make_planner
+from reasonrec.batch.deliberator_stage import DeliberatorStage
+from reasonrec.bundle import Bundle
+from reasonrec.data.vocab import Vocab
+from reasonrec.prompts.cot import Deliberation, format_context
+from reasonrec.prompts.templates import Item, load_templates, render
+from reasonrec.vlm.deliberator import deliberate
+from reasonrec.vlm.examples import Catalogue
+
+NO_HISTORY = Item("no purchases yet")
+VLM_FIELDS = [pa.field("vlm_scores", pa.list_(pa.float32())), pa.field("vlm_confidence", pa.float32())]
+
+
+class PromptBuilder:
+    """Request rows -> deliberator prompt rows (the listing template, items as title + image)."""
+
+    def __init__(self, catalogue: Catalogue, vocab: Vocab, template_id: str, max_history: int):
+        found = [t for t in load_templates() if t.id == template_id]
+        if not found or "candidates" not in found[0].fields:
+            raise ValueError(f"template {template_id!r}: not a listing template (e.g. sequential-01)")
+        self.template = found[0]
+        self.catalogue, self.vocab, self.max_history = catalogue, vocab, max_history
+
+    def rows(self, batch: pa.Table, shortlist: int) -> tuple[list[dict], list[np.ndarray]]:
+        """Prompt rows, and per row the listing order: candidate j of the prompt is shortlist entry order[j].
+
+        The shortlist comes best-first by the tools' vote; the prompt lists it in a random order, seeded by the
+        user, as in R-VIT training, so that a label's position tells the VLM nothing."""
+        history = _lists_of_indices(batch.column("history"), self.vocab)
+        pool = _lists_of_indices(batch.column("pool"), self.vocab)
+        users = batch.column("user_id").to_pylist()
+        horizon = batch.column("horizon").to_numpy(zero_copy_only=False)
+        route = batch.column("route").to_pylist()
+        out, orders = [], []
+        for u, h, p, c, level in zip(users, history, pool, horizon, route):  # text rendering: per prompt
+            h = h[h > 0][-self.max_history:]
+            order = np.random.default_rng(zlib.crc32(u.encode())).permutation(min(len(p), shortlist))
+            listed = p[order]
+            profile = self.catalogue.profile(h)
+            shown = [self.catalogue.items[i] for i in h] or [NO_HISTORY]  # a cold user still gets a prompt
+            prompt = render(self.template, user=u, profile=profile, history=shown,
+                            candidates=[self.catalogue.items[i] for i in listed], horizon=float(c))
+            context = format_context(Deliberation(decision="answer", answer="", horizon=float(c), level=level))
+            out.append({"user_id": u, "prompt": prompt.text + "\n" + context, "images": list(prompt.images),
+                        "labels": list(prompt.labels), "context": context, "template_id": prompt.template_id})
+            orders.append(order)
+        return out, orders
+
+
+class VLMStage:
+    def __init__(self, bundle: Bundle, config: ScoreConfig):
+        self.config = config
+        self.vocab = Vocab(bundle.item_ids(), offset=1)
+        self.planner = make_planner(bundle, config)
+        examples = bundle.manifest.get("vlm", {}).get("config", {}).get("examples", {})
+        catalogue = Catalogue(pq.read_table(io.BytesIO(bundle.read("catalogue.parquet"))), self.vocab,
+                              images=examples.get("images", True))
+        self.prompts = PromptBuilder(catalogue, self.vocab, config.template, examples.get("max_history", 5))
+        self.deliberator = DeliberatorStage(bundle, config.deliberator)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        n, rows = self.config.shortlist, batch.num_rows
+        scores = np.full((rows, n), np.nan, dtype=np.float32)
+        confidence = np.full(rows, np.nan, dtype=np.float32)
+        latency = pc.fill_null(batch.column("latency_ms"), 0.0).to_numpy(zero_copy_only=False).copy()
+        route = pc.fill_null(batch.column("route"), "").to_numpy(zero_copy_only=False)
+        valid = batch.column("error").is_null().to_numpy(zero_copy_only=False)
+        asked = np.flatnonzero(valid & self.planner.needs_vlm(self.config.mode, route))
+        if len(asked):
+            start = time.perf_counter()
+            prompts, orders = self.prompts.rows(batch.take(asked), n)
+            found = deliberate(self.deliberator.backend, prompts)
+            for row, order, verdict in zip(asked, orders, found):  # back to shortlist order: one short vector per row
+                scores[row, order] = verdict.scores
+            confidence[asked] = [v.confidence for v in found]
+            latency[asked] += 1000 * (time.perf_counter() - start) / len(asked)
+        batch = batch.set_column(batch.schema.get_field_index("latency_ms"), "latency_ms", _nullable(latency, valid))
+        batch = batch.append_column(VLM_FIELDS[0], pa.FixedSizeListArray.from_arrays(
+            pa.array(scores.reshape(-1), pa.float32()), n).cast(VLM_FIELDS[0].type))
+        return batch.append_column(VLM_FIELDS[1], pa.array(confidence, pa.float32(), mask=np.isnan(confidence)))
+
+
+def _nullable(values: np.ndarray, valid: np.ndarray) -> pa.Array:
+    return pa.array(values.astype(np.float32), pa.float32(), mask=~valid)
+
+
+def _lists_of_indices(column: pa.ChunkedArray, vocab: Vocab) -> list[np.ndarray]:
+    """Each row's list of item ids as catalogue indices (-1 unknown), split without a per-row Arrow call."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False)
+    flat = vocab.index(pc.list_flatten(column))
+    return np.split(flat, np.cumsum(lengths)[:-1])

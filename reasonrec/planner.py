@@ -1,0 +1,242 @@
+"""The risk-aware planner (paper §3 Act, Fig. 3; DESIGN.md §4): route a row by its evidence horizon, then turn
+the tools' and the VLM's candidate scores into one ranking. Plain numpy, no Ray: the nightly job and Ray Serve
+call the same object.
+
+Scores are over a row's shortlist of N candidates (the tools' majority-vote top N, or the request's candidates):
+``tool_scores`` (T, R, N) raw tool scores, -inf on padding; ``vote`` (R, N) the majority vote; ``vlm`` (R, N) the
+VLM's label probabilities, NaN where it was not asked.
+
+Who answers a row (its ``path``):
+    tool       the task's primary tool alone (route low in ``planner`` mode)
+    vote       the tools' majority vote (mode ``tools-only``; route low when the fitted policy says so)
+    vlm        the VLM alone (route medium when confident; mode ``vlm-only``)
+    aggregate  the VLM, then the tools, combined by the fitted aggregator (route high, escalations, and mode
+               ``vlm+tools-always``)
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+MODES = ("tools-only", "vlm-only", "vlm+tools-always", "planner")
+SAME_AS = {"ctr": "direct"}  # CTR requests rank their candidates like direct ones and share its fitted policy
+PATHS = ("tool", "vote", "vlm", "aggregate")
+
+
+@dataclasses.dataclass
+class Policy:
+    """One task's fitted thresholds and aggregator (``reasonrec fit-planner`` stores them in the bundle)."""
+
+    tau_low: float = 0.3
+    tau_high: float = 0.7
+    kappa: float = 0.0  # a medium row whose VLM confidence is below kappa escalates to the aggregator
+    aggregator: dict | None = None  # Aggregator.to_dict()
+    low: str = "tool"  # who answers route low: the task's primary tool, or the consulted tools' majority "vote"
+
+    def __post_init__(self):
+        if self.low not in ("tool", "vote"):
+            raise ValueError(f"planner policy low={self.low!r}: use 'tool' (the primary tool) or 'vote'")
+        if not 0.0 <= self.tau_low <= self.tau_high <= 1.0 + 1e-9:
+            raise ValueError(f"planner policy needs 0 <= tau_low <= tau_high <= 1, got {self.tau_low}, {self.tau_high}")
+
+
+def minmax(scores: np.ndarray) -> np.ndarray:
+    """Min-max per row over the finite entries (padding -> 0), so that tools on different scales compare."""
+    finite = np.isfinite(scores)
+    low = np.where(finite, scores, np.inf).min(axis=-1, keepdims=True)
+    high = np.where(finite, scores, -np.inf).max(axis=-1, keepdims=True)
+    span = np.where(np.isfinite(high - low), np.maximum(high - low, 1e-12), 1.0)
+    return np.where(finite, (scores - np.where(np.isfinite(low), low, 0.0)) / span, 0.0)
+
+
+def reciprocal_rank(scores: np.ndarray) -> np.ndarray:
+    """1 / (1 + rank) of each entry within its row (rank 0 = best); padding (-inf or NaN) -> 0."""
+    s = np.nan_to_num(scores, nan=-np.inf)
+    ranks = np.argsort(np.argsort(-s, axis=-1, kind="stable"), axis=-1, kind="stable")
+    return np.where(np.isfinite(s), 1.0 / (1.0 + ranks), 0.0)
+
+
+class Aggregator:
+    """Logistic regression over per-candidate evidence: is this candidate the user's next item?
+
+    Features: the VLM's probability (and its log, whether it is the VLM's top, x confidence, x horizon), and for
+    each tool and for their majority vote the min-max score and reciprocal rank within the shortlist (and rank x
+    horizon: how much to trust a tool can depend on how cold the user is). Fitted with scikit-learn on validation
+    rows; applied with numpy (the weights are JSON in the bundle manifest).
+    """
+
+    def __init__(self, tools: list[str], mean: np.ndarray, scale: np.ndarray, coef: np.ndarray, intercept: float):
+        self.tools = list(tools)
+        self.mean, self.scale, self.coef, self.intercept = mean, scale, coef, float(intercept)
+
+    @staticmethod
+    def feature_names(tools: list[str]) -> list[str]:
+        per_tool = [f"{t}:{f}" for t in [*tools, "vote"] for f in ("minmax", "rr", "rr_x_horizon")]
+        return ["vlm_p", "vlm_logp", "vlm_top", "vlm_top_x_conf", "vlm_p_x_horizon", *per_tool]
+
+    @staticmethod
+    def features(tool_scores: np.ndarray, vote: np.ndarray, vlm: np.ndarray, confidence: np.ndarray,
+                 horizon: np.ndarray) -> np.ndarray:
+        """(R, N, F) features; ``tool_scores`` (T, R, N) in the aggregator's tool order, ``vote`` (R, N)."""
+        p = np.nan_to_num(vlm, nan=0.0)
+        top = (p == p.max(axis=1, keepdims=True)) & (p > 0)
+        conf, c = confidence[:, None], horizon[:, None]
+        columns = [p, np.log(p + 1e-6), top, top * conf, p * c]
+        for scores in [*tool_scores, vote]:
+            rr = reciprocal_rank(scores)
+            columns += [minmax(scores), rr, rr * c]
+        return np.stack([np.broadcast_to(col, p.shape) for col in columns], axis=-1).astype(np.float64)
+
+    @classmethod
+    def fit(cls, tools: list[str], x: np.ndarray, y: np.ndarray, c: float = 1.0) -> "Aggregator":
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.preprocessing import StandardScaler
+
+        if len(np.unique(y)) < 2:
+            raise ValueError(f"aggregator fit needs positive and negative candidates; got {int(y.sum())} of {len(y)}")
+        scaler = StandardScaler().fit(x)
+        model = LogisticRegression(C=c, max_iter=2000).fit(scaler.transform(x), y)
+        scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+        return cls(tools, scaler.mean_, scale, model.coef_[0], model.intercept_[0])
+
+    def logits(self, tool_scores: np.ndarray, vote: np.ndarray, vlm: np.ndarray, confidence: np.ndarray,
+               horizon: np.ndarray) -> np.ndarray:
+        x = self.features(tool_scores, vote, vlm, confidence, horizon)
+        out = ((x - self.mean) / self.scale) @ self.coef + self.intercept
+        return np.where(np.isfinite(tool_scores[0]), out, -np.inf)
+
+    def to_dict(self) -> dict:
+        return {"tools": self.tools, "features": self.feature_names(self.tools), "mean": self.mean.tolist(),
+                "scale": self.scale.tolist(), "coef": self.coef.tolist(), "intercept": self.intercept}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Aggregator":
+        if d["features"] != cls.feature_names(d["tools"]):
+            raise ValueError(f"aggregator features {d['features']} do not match this version's "
+                             f"{cls.feature_names(d['tools'])}: refit with `reasonrec fit-planner`")
+        return cls(d["tools"], *(np.array(d[k], dtype=np.float64) for k in ("mean", "scale", "coef")), d["intercept"])
+
+
+@dataclasses.dataclass
+class Decision:
+    path: np.ndarray  # (R,) one of PATHS
+    scores: np.ndarray  # (R, N) final shortlist scores (the tool path ranks by the primary tool instead)
+    confidence: np.ndarray  # (R,)
+    vlm_called: np.ndarray  # (R,) bool
+    escalated: np.ndarray  # (R,) bool: medium rows sent to the aggregator for low VLM confidence
+    consulted: np.ndarray  # (R, T) bool: tools whose scores decided the answer
+    overrode: np.ndarray  # (R,) bool: tools were consulted, the VLM disagreed with their vote, and the VLM won
+
+
+def softmax_top(scores: np.ndarray) -> np.ndarray:
+    finite = np.isfinite(scores)
+    shifted = np.where(finite, scores - np.where(finite, scores, -np.inf).max(axis=1, keepdims=True), -np.inf)
+    e = np.exp(shifted)
+    return (e.max(axis=1) / np.maximum(e.sum(axis=1), 1e-30)).astype(np.float32)
+
+
+class Planner:
+    def __init__(self, tools: list[str], primary: dict[str, str], policies: dict[str, Policy],
+                 default: Policy | None = None):
+        self.tools = list(tools)  # order of the T axis of ``tool_scores``
+        self.primary = dict(primary)
+        self.policies = dict(policies)
+        self.default = default or Policy()  # tasks without a fitted policy
+        for task, policy in self.policies.items():
+            if policy.aggregator and policy.aggregator["tools"] != self.tools:
+                raise ValueError(f"planner for {task}: aggregator fitted on tools {policy.aggregator['tools']}, "
+                                 f"the job consults {self.tools}")
+        self._aggregators = {t: Aggregator.from_dict(p.aggregator) for t, p in self.policies.items() if p.aggregator}
+
+    def policy(self, task: str) -> Policy:
+        return self.policies.get(SAME_AS.get(task, task)) or self.default
+
+    def routes(self, task: np.ndarray, horizon: np.ndarray) -> np.ndarray:
+        out = np.full(len(horizon), "high", dtype=object)
+        for name in np.unique(task):
+            rows = task == name
+            p = self.policy(name)
+            c = horizon[rows]
+            out[rows] = np.select([c < p.tau_low, c <= p.tau_high], ["low", "medium"], "high")
+        return out
+
+    def paths_before_vlm(self, mode: str, task: np.ndarray, routes: np.ndarray) -> np.ndarray:
+        """Who answers each row before the VLM's confidence is known (medium rows may still escalate)."""
+        if mode not in MODES:
+            raise ValueError(f"mode {mode!r}: use one of {MODES}")
+        fixed = {"tools-only": "vote", "vlm-only": "vlm", "vlm+tools-always": "aggregate"}
+        if mode in fixed:
+            return np.full(len(routes), fixed[mode], dtype=object)
+        low = np.array([self.policy(t).low for t in task], dtype=object) if len(task) else np.zeros(0, object)
+        return np.select([routes == "low", routes == "medium"], [low, "vlm"], "aggregate").astype(object)
+
+    def needs_vlm(self, mode: str, routes: np.ndarray) -> np.ndarray:
+        """Route low never asks the VLM in planner mode; other modes ask it on every row or none."""
+        if mode not in MODES:
+            raise ValueError(f"mode {mode!r}: use one of {MODES}")
+        if mode == "planner":
+            return routes != "low"
+        return np.full(len(routes), mode != "tools-only")
+
+    def aggregator(self, task: str) -> Aggregator:
+        fitted = self._aggregators.get(SAME_AS.get(task, task))
+        if fitted is None:
+            raise ValueError(f"no fitted aggregator for task {task!r}: run `reasonrec fit-planner` on this bundle")
+        return fitted
+
+    def decide(self, mode: str, task: np.ndarray, routes: np.ndarray, horizon: np.ndarray, tool_scores: np.ndarray,
+               vote: np.ndarray, vlm: np.ndarray, confidence: np.ndarray, tool_confidence: np.ndarray) -> Decision:
+        """``confidence``: the VLM's (NaN where not asked); ``tool_confidence``: the primary tool's own."""
+        path = self.paths_before_vlm(mode, task, routes)
+        kappa = np.array([self.policy(t).kappa for t in task]) if len(task) else np.zeros(0)
+        escalated = (mode == "planner") & (routes == "medium") & (np.nan_to_num(confidence, nan=0.0) < kappa)
+        path = np.where(escalated, "aggregate", path).astype(object)
+        rows, n = vote.shape
+        scores = np.full((rows, n), -np.inf)
+        out_conf = np.zeros(rows, dtype=np.float32)
+
+        tool_rows = path == "tool"
+        scores[tool_rows] = tool_scores[self._primary_index(task[tool_rows]), np.flatnonzero(tool_rows)] \
+            if tool_rows.any() else scores[tool_rows]
+        out_conf[tool_rows] = tool_confidence[tool_rows]
+        vote_rows = path == "vote"
+        scores[vote_rows] = vote[vote_rows]
+        # Majority-vote confidence: the share of tools whose own top is the vote's top.
+        tops = np.argmax(np.nan_to_num(tool_scores, neginf=-1e30), axis=2)  # (T, R)
+        vote_top = np.argmax(np.nan_to_num(vote, neginf=-1e30), axis=1)
+        out_conf[vote_rows] = (tops == vote_top[None, :]).mean(axis=0)[vote_rows]
+        vlm_rows = path == "vlm"
+        scores[vlm_rows] = np.where(np.isfinite(vote[vlm_rows]), np.nan_to_num(vlm[vlm_rows], nan=0.0), -np.inf)
+        out_conf[vlm_rows] = confidence[vlm_rows]
+        agg_rows = path == "aggregate"
+        for name in np.unique(task[agg_rows]):
+            r = agg_rows & (task == name)
+            scores[r] = self.aggregator(name).logits(tool_scores[:, r], vote[r], vlm[r], confidence[r], horizon[r])
+            out_conf[r] = softmax_top(scores[r])
+
+        consulted = np.zeros((rows, len(self.tools)), dtype=bool)
+        consulted[np.flatnonzero(tool_rows), self._primary_index(task[tool_rows])] = True
+        consulted[vote_rows | agg_rows] = True
+        vlm_top = np.argmax(np.nan_to_num(vlm, nan=-1.0), axis=1)
+        final_top = np.argmax(np.nan_to_num(scores, neginf=-1e30), axis=1)
+        overrode = agg_rows & (vlm_top != vote_top) & (final_top == vlm_top)
+        return Decision(path, scores, out_conf, np.isin(path, ["vlm", "aggregate"]), escalated, consulted, overrode)
+
+    def _primary_index(self, task: np.ndarray) -> np.ndarray:
+        missing = {self.primary.get(t) for t in np.unique(task)} - set(self.tools)
+        if missing:
+            raise ValueError(f"primary tool(s) {sorted(map(str, missing))} are not among the consulted tools {self.tools}")
+        return np.array([self.tools.index(self.primary[t]) for t in task], dtype=np.int64)
+
+    # -- persistence: the ``planner`` section of the bundle manifest
+    def to_dict(self) -> dict:
+        return {"tools": self.tools, "policies": {t: dataclasses.asdict(p) for t, p in self.policies.items()}}
+
+    @classmethod
+    def from_manifest(cls, manifest: dict, primary: dict[str, str], tools: list[str], default: Policy) -> "Planner":
+        """The bundle's fitted planner; without one, ``default`` thresholds (the horizon's) and no aggregator."""
+        fitted = manifest.get("planner")
+        if fitted is None:
+            return cls(tools, primary, {}, default)
+        return cls(fitted["tools"], primary, {t: Policy(**p) for t, p in fitted["policies"].items()}, default)

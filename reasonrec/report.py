@@ -1,0 +1,292 @@
+"""``reasonrec report``: what the planner buys, from committed runs of the nightly job (one per mode).
+
+Per mode: HR@5/NDCG@5 (and the bundle's single tools on the same users), VLM calls, tool consultations, speed.
+Per route: share of rows, VLM and tool calls, mean and p95 latency per row. The agreement/override table (paper
+Table 4), the cold-start view (ten user groups by training frequency, paper Table 3) and a threshold sweep: every
+plan (tau_low, tau_high, kappa) replayed on the split's signals as VLM calls vs HR@5, the cost/quality frontier
+(PNG). Written as ``report.md``, ``report.json`` and ``frontier.png``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import posixpath
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from reasonrec import storage
+from reasonrec.metrics import hit_and_ndcg
+
+CUTOFF = 5
+
+
+@dataclasses.dataclass
+class ReportConfig:
+    split: str = "test"
+    sweep_users: int = 1000  # users per task replayed in the threshold sweep (0: no sweep)
+    backend: str = "auto"  # the VLM backend for the sweep's signals
+    groups: int = 10  # cold-start groups
+
+
+def load_run(output: str) -> tuple[dict, pa.Table]:
+    from reasonrec.batch.commit import committed_dates, committed_run, read_committed
+
+    dates = committed_dates(output)
+    if not dates:
+        raise FileNotFoundError(f"{output}: no committed run of the nightly job")
+    return committed_run(output, dates[-1]), read_committed(output, dates[-1])
+
+
+def _np(column) -> np.ndarray:
+    return column.to_numpy(zero_copy_only=False)
+
+
+def target_ranks(results: pa.Table, data, split: str) -> np.ndarray:
+    from reasonrec.evaluate import ranks_from_results
+
+    targets = data.table(split)
+    target_of = dict(zip(targets.column("user_id").to_pylist(), targets.column("item_id").to_pylist()))
+    users = _np(results.column("user_id"))
+    return ranks_from_results(results, users, np.array([target_of[u] for u in users], dtype=object))
+
+
+def route_table(results: pa.Table) -> list[dict]:
+    route = _np(results.column("route")).astype(str)
+    latency = _np(results.column("latency_ms")).astype(np.float64)
+    vlm = _np(results.column("vlm_called")).astype(bool)
+    tools = _np(pc.fill_null(pc.list_value_length(results.column("tools")), 0))
+    rows = []
+    for name in ("low", "medium", "high"):
+        r = route == name
+        if not r.any():
+            continue
+        rows.append({"route": name, "rows": int(r.sum()), "share": float(r.mean()), "vlm_calls": int(vlm[r].sum()),
+                     "tool_calls": int(tools[r].sum()), "escalated": int(_np(results.column("escalated"))[r].sum()),
+                     "latency_mean_ms": float(latency[r].mean()),
+                     "latency_p95_ms": float(np.percentile(latency[r], 95))})
+    return rows
+
+
+def agreement_table(results: pa.Table, target: np.ndarray) -> dict | None:
+    """Rows where the VLM and the tools both gave an answer: agreement, overrides, and who was right (top 1)."""
+    vlm_top, tools_top = _np(results.column("vlm_top")), _np(results.column("tools_top"))
+    both = (vlm_top != None) & (tools_top != None)  # noqa: E711 (object arrays)
+    if not both.any():
+        return None
+    final = np.array([r[0]["item_id"] if r else None for r in results.column("ranked").to_pylist()], dtype=object)
+    agree = both & (vlm_top == tools_top)
+    disagree = both & ~agree
+    followed_vlm = disagree & (final == vlm_top)
+
+    def cell(mask):
+        n = int(mask.sum())
+        return {"rows": n, "share": n / int(both.sum()),
+                "final_right": float((final[mask] == target[mask]).mean()) if n else None,
+                "vlm_right": float((vlm_top[mask] == target[mask]).mean()) if n else None,
+                "tools_right": float((tools_top[mask] == target[mask]).mean()) if n else None}
+
+    return {"rows": int(both.sum()), "agree": cell(agree), "vlm_overrode": cell(followed_vlm),
+            "tools_kept": cell(disagree & ~followed_vlm)}
+
+
+def cold_start(results: pa.Table, ranks: np.ndarray, data, groups: int) -> list[dict]:
+    from reasonrec.data.vocab import Vocab
+
+    train = data.train
+    counts = np.zeros(len(train), dtype=np.int64) if len(train) == 0 else train.lengths
+    row = Vocab(train.user_ids).index(_np(results.column("user_id")))
+    frequency = np.where(row >= 0, counts[np.maximum(row, 0)], 0)
+    order = np.argsort(frequency, kind="stable")
+    tools = _np(pc.fill_null(pc.list_value_length(results.column("tools")), 0)) > 0
+    out = []
+    for g, rows in enumerate(np.array_split(order, groups)):
+        if not len(rows):
+            continue
+        out.append({"group": g + 1, "users": int(len(rows)), "train_interactions": [int(frequency[rows].min()),
+                                                                                   int(frequency[rows].max())],
+                    f"HR@{CUTOFF}": float((ranks[rows] < CUTOFF).mean()), "tool_usage": float(tools[rows].mean())})
+    return out
+
+
+def single_tools(data, bundle, results: pa.Table, task: str, split: str) -> dict:
+    """HR/NDCG@5 of every tool of the bundle and of popularity's absence: the same users the runs answered."""
+    from reasonrec.data.prepared import EvalSet
+    from reasonrec.data.vocab import Vocab
+    from reasonrec.evaluate import evaluate, tool_scorer
+
+    evalset = data.eval_set(split)
+    rows = Vocab(evalset.history.user_ids).index(_np(results.column("user_id")))
+    rows = np.sort(rows[rows >= 0])
+    subset = EvalSet(evalset.history.select(rows), evalset.target[rows],
+                     None if evalset.candidates is None else evalset.candidates[rows])
+    return {name: {k: v for k, v in evaluate(tool_scorer(bundle.load_tool(name)), subset, task).items()
+                   if k.endswith(f"@{CUTOFF}")} for name in bundle.tool_names}
+
+
+def sweep(data, bundle, task: str, config: ReportConfig, log=print) -> dict:
+    """Every plan of the fitting grid replayed on the split (deployed tools, the VLM on every sampled row)."""
+    from reasonrec.batch.config import ScoreConfig, make_planner
+    from reasonrec.train.planner import plan_grid, ranks_by_answerer, replay, signals
+    from reasonrec.vlm.deliberator import DeliberatorConfig
+
+    fitted = bundle.manifest.get("planner", {})
+    score = ScoreConfig(primary={**ScoreConfig().primary, **fitted.get("primary", {})},
+                        shortlist=fitted.get("shortlist", 20), deliberator=DeliberatorConfig(backend=config.backend))
+    table, target = signals(data, bundle, score, config.split, task, config.sweep_users, log=log)
+    ranks = ranks_by_answerer(table, target, bundle, score)
+    hits = {a: (r < CUTOFF).astype(np.float64) for a, r in ranks.items()}
+    horizon = _np(table.column("horizon")).astype(np.float64)
+    confidence = _np(pc.fill_null(table.column("vlm_confidence"), np.nan)).astype(np.float64)
+    plans = plan_grid(horizon, confidence, 11)
+    quality, share = replay(horizon, confidence, hits, plans)
+    policy = make_planner(bundle, score).policy(task)
+    fitted_plan = {"tau_low": np.array([policy.tau_low]), "tau_high": np.array([policy.tau_high]),
+                   "kappa": np.array([policy.kappa]), "low_vote": np.array([policy.low == "vote"])}
+    q, s = replay(horizon, confidence, hits, fitted_plan)
+    return {"rows": table.num_rows, "plans": {**{k: v.tolist() for k, v in plans.items()},
+                                               f"HR@{CUTOFF}": quality.tolist(), "vlm_share": share.tolist()},
+            "fitted": {"tau_low": policy.tau_low, "tau_high": policy.tau_high, "kappa": policy.kappa,
+                       "low": policy.low, f"HR@{CUTOFF}": float(q[0]), "vlm_share": float(s[0])},
+            "modes": {"tools-only": {f"HR@{CUTOFF}": float(hits["vote"].mean()), "vlm_share": 0.0},
+                      "vlm-only": {f"HR@{CUTOFF}": float(hits["vlm"].mean()), "vlm_share": 1.0},
+                      "vlm+tools-always": {f"HR@{CUTOFF}": float(hits["aggregate"].mean()), "vlm_share": 1.0},
+                      "primary tool": {f"HR@{CUTOFF}": float(hits["tool"].mean()), "vlm_share": 0.0}}}
+
+
+def plot_frontier(sweeps: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(sweeps), figsize=(6 * len(sweeps), 4.5), squeeze=False)
+    for ax, (task, s) in zip(axes[0], sweeps.items()):
+        share, quality = np.array(s["plans"]["vlm_share"]), np.array(s["plans"][f"HR@{CUTOFF}"])
+        ax.scatter(share, quality, s=8, alpha=0.3, color="grey", label="plans (tau_low, tau_high, kappa)")
+        order = np.lexsort((-quality, share))
+        best = np.maximum.accumulate(quality[order])
+        ax.step(share[order], best, where="post", color="black", label="frontier")
+        for (name, m), marker in zip(s["modes"].items(), "s^Dv"):
+            ax.scatter(m["vlm_share"], m[f"HR@{CUTOFF}"], marker=marker, s=60, label=name)
+        ax.scatter(s["fitted"]["vlm_share"], s["fitted"][f"HR@{CUTOFF}"], marker="*", s=220, color="red",
+                   label="fitted planner")
+        ax.set(title=f"{task}: VLM calls vs HR@{CUTOFF} ({s['rows']} users)", xlabel="share of rows sent to the VLM",
+               ylabel=f"HR@{CUTOFF}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(run_uris: list[str], data_uri: str, out: str | None, config: ReportConfig,
+                 bundle_uri: str | None = None, log=print) -> dict:
+    import tempfile
+
+    from reasonrec.bundle import Bundle
+    from reasonrec.data.prepared import PreparedData
+
+    data = PreparedData(storage.absolute(data_uri))
+    runs = {}
+    for uri in run_uris:
+        manifest, results = load_run(storage.absolute(uri))
+        mode = manifest.get("mode", "tools-only")
+        if mode in runs:
+            raise ValueError(f"two runs in mode {mode!r}: {runs[mode][0]['output']} and {uri}")
+        runs[mode] = (manifest, results)
+    bundle = Bundle(bundle_uri or next(iter(runs.values()))[0]["bundle"])
+    tasks = sorted({t for _, r in runs.values() for t in _np(r.column("task")).astype(str)}
+                   & {"sequential", "direct"})
+    report = {"split": config.split, "bundle": bundle.version, "tasks": {}}
+    for task in tasks:
+        section = {"modes": {}, "routes": {}, "agreement": {}, "cold_start": {}}
+        for mode, (manifest, results) in runs.items():
+            rows = results.filter(pc.equal(results.column("task"), task))
+            ranks = target_ranks(rows, data, config.split)
+            vlm = _np(rows.column("vlm_called")).astype(bool)
+            tools = _np(pc.fill_null(pc.list_value_length(rows.column("tools")), 0))
+            section["modes"][mode] = {
+                **hit_and_ndcg(ranks, ks=[CUTOFF]), "rows": rows.num_rows, "vlm_calls": int(vlm.sum()),
+                "tool_calls": int(tools.sum()), "tool_usage": float((tools > 0).mean()),
+                "override_rate": float(_np(rows.column("overrode")).mean()),
+                "latency_mean_ms": float(_np(rows.column("latency_ms")).mean()),
+                "users_per_s": manifest["users_per_s"], "run": f"{manifest['output']} ({manifest['run_id']})"}
+            section["routes"][mode] = route_table(rows)
+            target = data.table(config.split)
+            target_of = dict(zip(target.column("user_id").to_pylist(), target.column("item_id").to_pylist()))
+            section["agreement"][mode] = agreement_table(
+                rows, np.array([target_of[u] for u in rows.column("user_id").to_pylist()], dtype=object))
+            section["cold_start"][mode] = cold_start(rows, ranks, data, config.groups)
+        any_rows = next(iter(runs.values()))[1]
+        section["single_tools"] = single_tools(data, bundle, any_rows.filter(pc.equal(any_rows.column("task"), task)),
+                                               task, config.split)
+        if config.sweep_users:
+            section["sweep"] = sweep(data, bundle, task, config, log)
+        report["tasks"][task] = section
+        log(f"report: {task} done")
+
+    # Next to the runs: RUNS/planner, RUNS/tools-only, ... -> RUNS/report
+    out = out or storage.join(posixpath.dirname(storage.absolute(run_uris[0]).rstrip("/")), "report")
+    storage.write_json(storage.join(out, "report.json"), report)
+    storage.write_bytes(storage.join(out, "report.md"), render_markdown(report).encode())
+    sweeps = {t: s["sweep"] for t, s in report["tasks"].items() if "sweep" in s}
+    if sweeps:
+        with tempfile.TemporaryDirectory() as tmp:
+            plot_frontier(sweeps, f"{tmp}/frontier.png")
+            storage.write_bytes(storage.join(out, "frontier.png"), open(f"{tmp}/frontier.png", "rb").read())
+    log(f"report written to {out} (report.md, report.json" + (", frontier.png)" if sweeps else ")"))
+    report["out"] = out
+    return report
+
+
+def _f(v, digits=4) -> str:
+    return "-" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
+
+
+def render_markdown(report: dict) -> str:
+    lines = [f"# ReasonRec run report ({report['split']} split, bundle {report['bundle']})", ""]
+    for task, s in report["tasks"].items():
+        lines += [f"## {task}", "", f"| mode | rows | HR@{CUTOFF} | NDCG@{CUTOFF} | VLM calls | tool calls | tool usage "
+                  "| VLM overrides | ms/row | users/s |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for mode, m in s["modes"].items():
+            lines.append(f"| {mode} | {m['rows']} | {_f(m[f'HR@{CUTOFF}'])} | {_f(m[f'NDCG@{CUTOFF}'])} | "
+                         f"{m['vlm_calls']} | {m['tool_calls']} | {m['tool_usage']:.1%} | {m['override_rate']:.1%} | "
+                         f"{m['latency_mean_ms']:.2f} | {m['users_per_s']} |")
+        for name, m in s["single_tools"].items():
+            lines.append(f"| tool {name} alone | | {_f(m[f'HR@{CUTOFF}'])} | {_f(m[f'NDCG@{CUTOFF}'])} | 0 | | | | | |")
+        lines += ["", "### Routes", "", "| mode | route | share | VLM calls | tool calls | escalated | mean ms | p95 ms |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for mode, rows in s["routes"].items():
+            lines += [f"| {mode} | {r['route']} | {r['share']:.1%} | {r['vlm_calls']} | {r['tool_calls']} | "
+                      f"{r['escalated']} | {r['latency_mean_ms']:.2f} | {r['latency_p95_ms']:.2f} |" for r in rows]
+        lines += ["", "### Agreement and overrides (rows where the VLM and the tools both answered; right = top 1)", "",
+                  "| mode | case | rows | share | final right | VLM right | tools right |",
+                  "|---|---|---|---|---|---|---|"]
+        for mode, a in s["agreement"].items():
+            if a is None:
+                continue
+            for case in ("agree", "vlm_overrode", "tools_kept"):
+                c = a[case]
+                lines.append(f"| {mode} | {case} | {c['rows']} | {c['share']:.1%} | {_f(c['final_right'])} | "
+                             f"{_f(c['vlm_right'])} | {_f(c['tools_right'])} |")
+        lines += ["", f"### Cold start: users in ten groups by training interactions (HR@{CUTOFF} / tool usage)", ""]
+        modes = list(s["cold_start"])
+        lines += ["| group | interactions | " + " | ".join(modes) + " |", "|---|---|" + "---|" * len(modes)]
+        for g, first in enumerate(s["cold_start"][modes[0]]):
+            cells = [f"{_f(s['cold_start'][m][g][f'HR@{CUTOFF}'])} / {s['cold_start'][m][g]['tool_usage']:.0%}"
+                     for m in modes]
+            lines.append(f"| {first['group']} | {first['train_interactions'][0]}-{first['train_interactions'][1]} | "
+                         + " | ".join(cells) + " |")
+        if "sweep" in s:
+            sw = s["sweep"]
+            f = sw["fitted"]
+            lines += ["", f"### Threshold sweep ({sw['rows']} users, {len(sw['plans']['vlm_share'])} plans; "
+                      "frontier.png)", "",
+                      f"Fitted plan (validation): tau_low {f['tau_low']:.3f} (low answered by {f['low']}), "
+                      f"tau_high {f['tau_high']:.3f}, kappa "
+                      f"{f['kappa']:.3f}: HR@{CUTOFF} {f[f'HR@{CUTOFF}']:.4f} with the VLM on {f['vlm_share']:.1%} "
+                      "of rows. " + "; ".join(f"{n} {m[f'HR@{CUTOFF}']:.4f}" for n, m in sw["modes"].items()), ""]
+        lines.append("")
+    return "\n".join(lines)
+

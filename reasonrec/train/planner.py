@@ -1,0 +1,210 @@
+"""Fit the planner on the validation split (``reasonrec fit-planner``): the aggregator, then kappa and the
+evidence-horizon thresholds, stored in the bundle manifest (DESIGN.md §4, §6).
+
+The validation requests run once through the nightly job's own stages (``LocalPipeline``) with every consulted
+tool and the VLM on every row. Each row then has its target's rank under each way of answering (primary tool,
+majority vote, VLM alone, aggregator); a plan (tau_low, tau_high, kappa) picks one per row, so the whole grid of
+plans replays from those ranks without another model call. The chosen plan is the cheapest (fewest VLM calls)
+whose validation HR@5 is within ``tolerance`` of the best plan's. The test split is never read.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from reasonrec.batch.config import ScoreConfig, make_planner
+from reasonrec.planner import Aggregator, Planner, Policy
+
+ANSWERERS = ("tool", "vote", "vlm", "aggregate")
+CUTOFF = 5  # HR@5 / NDCG@5 decide
+
+
+@dataclasses.dataclass
+class FitPlannerConfig:
+    tasks: tuple[str, ...] = ("sequential", "direct")
+    users: int = 0  # validation users per task (0: all of them)
+    tolerance: float = 0.01  # relative HR@5 a cheaper plan may give up against the best plan on validation
+    grid: int = 11  # tau candidates: quantiles of the validation horizon
+    regularisation: float = 1.0  # inverse L2 strength of the logistic regression
+    seed: int = 0
+    score: ScoreConfig = dataclasses.field(default_factory=ScoreConfig)
+
+    def __post_init__(self):
+        if not 0 <= self.tolerance < 1 or self.grid < 2:
+            raise ValueError("FitPlannerConfig: tolerance must be in [0, 1) and grid >= 2")
+
+
+def signals(data, bundle, config: ScoreConfig, split: str, task: str, users: int = 0, seed: int = 0,
+            log=print) -> tuple[pa.Table, np.ndarray]:
+    """The split's requests for ``task`` through the job's stages, VLM on every row; and each row's target.
+
+    On the validation split the tools answer with their holdout weights: a tool refit on train + validation has
+    seen every validation target, and a planner fitted on its answers would trust it blindly."""
+    from reasonrec.batch.local import LocalPipeline
+    from reasonrec.batch.requests import requests_for_split
+
+    requests = requests_for_split(data, split, task, k=max(10, CUTOFF), seed=seed)
+    if users and users < requests.num_rows:
+        requests = requests.take(np.sort(np.random.default_rng(seed).permutation(requests.num_rows)[:users]))
+    targets = data.table(split)
+    target_of = dict(zip(targets.column("user_id").to_pylist(), targets.column("item_id").to_pylist()))
+    start = time.perf_counter()
+    pipeline = LocalPipeline(bundle, dataclasses.replace(config, mode="vlm+tools-always"), decide=False,
+                             holdout=split == "valid")
+    table = pipeline(requests, source=f"{split}:{task}")
+    table = table.filter(table.column("error").is_null())
+    log(f"{split} {task}: {table.num_rows} rows through tools + VLM in {time.perf_counter() - start:.0f}s")
+    target = np.array([target_of[u] for u in table.column("user_id").to_pylist()], dtype=object)
+    return table, target
+
+
+def ranks_by_answerer(table: pa.Table, target: np.ndarray, bundle, config: ScoreConfig,
+                      planner: Planner | None = None) -> dict[str, np.ndarray]:
+    """0-based rank of each row's target when the row is answered by each of ANSWERERS (the job's ranking code);
+    ``planner`` replaces the bundle's (while fitting it)."""
+    from reasonrec.batch.planner_stage import PlannerStage
+    from reasonrec.evaluate import ranks_from_results
+
+    modes = {"tool": "planner", "vote": "tools-only", "vlm": "vlm-only", "aggregate": "vlm+tools-always"}
+    users = table.column("user_id").to_numpy(zero_copy_only=False)
+    out = {}
+    for answerer, mode in modes.items():
+        rows = table
+        if answerer == "tool":  # route low in planner mode: the primary tool answers
+            rows = table.set_column(table.schema.get_field_index("route"), "route",
+                                    pa.array(np.full(table.num_rows, "low"), pa.string()))
+        stage = PlannerStage(bundle, dataclasses.replace(config, mode=mode))
+        stage.planner = planner or stage.planner
+        if answerer == "tool":  # whatever the fitted policy answers route low with, ask the primary tool
+            p = stage.planner
+            stage.planner = Planner(p.tools, p.primary, {t: dataclasses.replace(q, low="tool")
+                                                         for t, q in p.policies.items()},
+                                    dataclasses.replace(p.default, low="tool"))
+        answered = stage(rows)
+        out[answerer] = ranks_from_results(answered, users, target)
+    return out
+
+
+PLAN_FIELDS = ("tau_low", "tau_high", "kappa", "low_vote")
+
+
+def replay(horizon: np.ndarray, confidence: np.ndarray, hits: dict[str, np.ndarray],
+           plans: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(quality, VLM-call share) of every plan over the rows, vectorised. ``plans``: arrays of PLAN_FIELDS, one
+    entry per plan; ``low_vote`` says whether route low is answered by the tools' vote or the primary tool."""
+    c, conf = horizon[None, :], np.nan_to_num(confidence, nan=0.0)[None, :]
+    low = c < plans["tau_low"][:, None]
+    medium = ~low & (c <= plans["tau_high"][:, None])
+    vlm_alone = medium & (conf >= plans["kappa"][:, None])
+    low_hits = np.where(plans["low_vote"][:, None], hits["vote"][None, :], hits["tool"][None, :])
+    quality = np.where(low, low_hits, np.where(vlm_alone, hits["vlm"], hits["aggregate"]))
+    return quality.mean(axis=1), (~low).mean(axis=1)
+
+
+def plan_grid(horizon: np.ndarray, confidence: np.ndarray, points: int) -> dict[str, np.ndarray]:
+    """Every plan over quantiles of the horizon (tau) and of the VLM's confidence (kappa), either low answerer."""
+    taus = np.unique(np.concatenate([[0.0, 1.0], np.quantile(horizon, np.linspace(0, 1, points))]))
+    conf = np.nan_to_num(confidence, nan=0.0)
+    kappas = np.unique(np.concatenate([[0.0, 1.01], np.quantile(conf, np.linspace(0.1, 0.9, points - 2))]))
+    grid = np.meshgrid(taus, taus, kappas, [False, True], indexing="ij")
+    keep = grid[0] <= grid[1]
+    return {name: g[keep] for name, g in zip(PLAN_FIELDS, grid)}
+
+
+def plan(plans: dict[str, np.ndarray], i: int) -> dict:
+    return {"tau_low": float(plans["tau_low"][i]), "tau_high": float(plans["tau_high"][i]),
+            "kappa": float(plans["kappa"][i]), "low": "vote" if plans["low_vote"][i] else "tool"}
+
+
+def choose(quality: np.ndarray, share: np.ndarray, tolerance: float) -> int:
+    """The cheapest plan within ``tolerance`` (relative) of the best; ties go to the better plan."""
+    good = quality >= quality.max() * (1 - tolerance) - 1e-12
+    candidates = np.flatnonzero(good)
+    return int(candidates[np.lexsort((-quality[candidates], share[candidates]))[0]])
+
+
+def fit_task(table: pa.Table, target: np.ndarray, bundle, config: FitPlannerConfig, task: str,
+             log=print) -> tuple[Policy, dict]:
+    from reasonrec.batch.planner_stage import padded
+
+    score = config.score
+    planner = make_planner(bundle, score)
+    n, tools = score.shortlist, planner.tools
+    rows = table.num_rows
+    shortlist = padded(table.column("pool"), n, fill=-1, to=planner_vocab(bundle).index)[:, :n]
+    tool_scores = np.nan_to_num(padded(table.column("tool_scores"), len(tools) * n).reshape(rows, len(tools), n)
+                                .transpose(1, 0, 2), nan=-np.inf)
+    vote = padded(table.column("pool_scores"), n, fill=-np.inf)
+    vlm = padded(table.column("vlm_scores"), n)
+    confidence = pc.fill_null(table.column("vlm_confidence"), np.nan).to_numpy(zero_copy_only=False)
+    horizon = table.column("horizon").to_numpy(zero_copy_only=False).astype(np.float64)
+    positive = shortlist == planner_vocab(bundle).index(target)[:, None]
+    inside = positive.any(axis=1)
+    x = Aggregator.features(tool_scores, vote, vlm, confidence, horizon)[inside]
+    valid = np.isfinite(tool_scores[0][inside])
+    aggregator = Aggregator.fit(tools, x[valid], positive[inside][valid], c=config.regularisation)
+    log(f"{task}: aggregator fitted on {int(inside.sum())} rows whose target is in the shortlist of {n} "
+        f"({inside.mean():.1%} of {rows}); weights " + ", ".join(
+            f"{name} {w:+.2f}" for name, w in zip(Aggregator.feature_names(tools), aggregator.coef)))
+
+    fitted = Planner(tools, score.primary, {task: Policy(aggregator=aggregator.to_dict())})
+    ranks = ranks_by_answerer(table, target, bundle, score, planner=fitted)
+    hits = {a: (r < CUTOFF).astype(np.float64) for a, r in ranks.items()}
+    plans = plan_grid(horizon, confidence, config.grid)
+    quality, share = replay(horizon, confidence, hits, plans)
+    best = choose(quality, share, config.tolerance)
+    policy = Policy(**plan(plans, best), aggregator=aggregator.to_dict())
+    summary = {
+        "rows": rows, "shortlist_recall": float(inside.mean()),
+        "HR@5": {a: float(h.mean()) for a, h in hits.items()},
+        "plan": {**plan(plans, best), "HR@5": float(quality[best]), "vlm_share": float(share[best])},
+        "best_HR@5": float(quality.max()), "plans_tried": int(len(quality)),
+    }
+    log(f"{task}: validation HR@5 primary tool {hits['tool'].mean():.4f}, vote {hits['vote'].mean():.4f}, "
+        f"VLM alone {hits['vlm'].mean():.4f}, aggregator {hits['aggregate'].mean():.4f}; chosen plan tau_low "
+        f"{policy.tau_low:.3f} (answered by {policy.low}), tau_high {policy.tau_high:.3f}, kappa {policy.kappa:.3f}: "
+        f"HR@5 {quality[best]:.4f} "
+        f"with the VLM on {share[best]:.1%} of rows (best plan {quality.max():.4f}, {len(quality)} plans)")
+    return policy, summary
+
+
+def planner_vocab(bundle):
+    from reasonrec.data.vocab import Vocab
+
+    return Vocab(bundle.item_ids(), offset=1)
+
+
+def fit_planner(data_uri: str, bundle_uri: str, config: FitPlannerConfig, log=print) -> dict:
+    from reasonrec import storage
+    from reasonrec.batch.config import check_bundle
+    from reasonrec.bundle import Bundle, BundleWriter
+    from reasonrec.data.prepared import PreparedData
+
+    data = PreparedData(storage.absolute(data_uri))
+    bundle = Bundle(bundle_uri)
+    bundle.manifest.pop("planner", None)  # a refit starts afresh (in memory; the commit replaces it)
+    check_bundle(bundle, dataclasses.replace(config.score, mode="vlm-only"))
+    if list(bundle.item_ids()) != list(data.item_vocab.ids):
+        raise ValueError(f"bundle {bundle_uri} was trained on another item catalogue than {data_uri}")
+    tools = make_planner(bundle, config.score).tools
+    unheld = [t for t in tools if bundle.tool_was_refit(t) and not bundle.has_holdout(t)]
+    if unheld:
+        raise ValueError(f"bundle {bundle_uri}: tool(s) {unheld} were refit on train + validation and the bundle "
+                         "keeps no holdout copy of them, so the validation split cannot fit the planner honestly: "
+                         "retrain them with `reasonrec train-tools` (this version keeps tools/<name>/holdout/)")
+    policies, validation = {}, {}
+    for task in config.tasks:
+        table, target = signals(data, bundle, config.score, "valid", task, config.users, config.seed, log)
+        policies[task], validation[task] = fit_task(table, target, bundle, config, task, log)
+    with BundleWriter(bundle_uri) as writer:
+        writer.update(planner={
+            "tools": tools, "policies": {t: dataclasses.asdict(p) for t, p in policies.items()},
+            "fitted_on": "valid", "tolerance": config.tolerance, "shortlist": config.score.shortlist,
+            "validation": validation, "primary": dict(config.score.primary)})
+        manifest = writer.commit()
+    log(f"bundle {manifest['version']} committed to {bundle_uri} with the fitted planner")
+    return manifest

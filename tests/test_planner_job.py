@@ -1,0 +1,174 @@
+"""fit-planner, the nightly job in every mode through Ray Data on S3, and the report."""
+import dataclasses
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from reasonrec import storage
+from reasonrec.batch import commit
+from reasonrec.batch.config import ScoreConfig
+from reasonrec.batch.requests import requests_for_split, write_requests
+from reasonrec.bundle import Bundle
+from reasonrec.planner import MODES, Aggregator
+from reasonrec.vlm.deliberator import DeliberatorConfig
+
+SCORE = ScoreConfig(batch_size=128, shortlist=8, deliberator=DeliberatorConfig(backend="transformers", batch_size=16))
+USERS = 60  # per task: the VLM runs on CPU in every mode but tools-only
+ROWS = 2 * USERS + 1  # and one more test user whose request carries no history (evidence horizon 1: route high)
+
+
+@pytest.fixture(scope="session")
+def planner_bundle_uri(vlm_bundle_uri, synthetic_data):
+    from reasonrec.train.planner import FitPlannerConfig, fit_planner
+
+    uri = "s3://reasonrec-test/planner/bundle"
+    for rel in storage.list_files(vlm_bundle_uri):
+        storage.write_bytes(storage.join(uri, rel), storage.read_bytes(storage.join(vlm_bundle_uri, rel)))
+    fit_planner(synthetic_data.uri, uri, FitPlannerConfig(users=150, score=SCORE), log=lambda *_: None)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def routed_bundle_uri(planner_bundle_uri):
+    """The fitted bundle with hand-set thresholds, so that the job sees every route and path (the fitted plan on
+    this small catalogue may send every row one way)."""
+    uri = "s3://reasonrec-test/planner/routed-bundle"
+    for rel in storage.list_files(planner_bundle_uri):
+        storage.write_bytes(storage.join(uri, rel), storage.read_bytes(storage.join(planner_bundle_uri, rel)))
+    manifest = storage.read_json(storage.join(uri, "manifest.json"))
+    for task, policy in manifest["planner"]["policies"].items():
+        policy.update(tau_low=0.3, tau_high=0.7, kappa=0.2, low="tool" if task == "sequential" else "vote")
+    storage.write_json(storage.join(uri, "manifest.json"), manifest)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def requests_uri(synthetic_data):
+    sequential = requests_for_split(synthetic_data, "test", "sequential", k=10)
+    cold = sequential.slice(USERS, 1)
+    cold = cold.set_column(cold.schema.get_field_index("history"), "history", pa.nulls(1, cold.schema.field("history").type))
+    table = pa.concat_tables([sequential.slice(0, USERS), cold,
+                              requests_for_split(synthetic_data, "test", "direct", k=10).slice(0, USERS)])
+    bad = pa.table({"user_id": ["", "u-x"], "task": ["sequential", "direct"], "k": [10, 10],
+                    "candidates": [None, None], "history": [None, None]}, schema=table.schema)
+    uri = "s3://reasonrec-test/planner/requests"
+    write_requests(pa.concat_tables([table, bad]), uri, shard_rows=50)
+    return uri
+
+
+def test_fit_planner_stores_a_validated_policy_per_task(planner_bundle_uri):
+    fitted = Bundle(planner_bundle_uri).manifest["planner"]
+    assert fitted["fitted_on"] == "valid" and fitted["tools"] == ["lightgcn", "sasrec"]
+    for task in ("sequential", "direct"):
+        policy = fitted["policies"][task]
+        assert 0 <= policy["tau_low"] <= policy["tau_high"] <= 1
+        Aggregator.from_dict(policy["aggregator"])  # loads, features match this version
+        v = fitted["validation"][task]
+        assert v["rows"] == 150 and v["plan"]["HR@5"] >= v["best_HR@5"] * (1 - fitted["tolerance"]) - 1e-9
+        assert set(v["HR@5"]) == {"tool", "vote", "vlm", "aggregate"}
+
+
+def test_fit_planner_refuses_refit_tools_without_a_holdout(vlm_bundle_uri, synthetic_data, tmp_path):
+    from reasonrec.train.planner import FitPlannerConfig, fit_planner
+
+    uri = str(tmp_path / "bundle")
+    for rel in storage.list_files(vlm_bundle_uri):
+        if "/holdout/" not in rel:
+            storage.write_bytes(storage.join(uri, rel), storage.read_bytes(storage.join(vlm_bundle_uri, rel)))
+    manifest = storage.read_json(storage.join(uri, "manifest.json"))
+    manifest["files"] = {r: h for r, h in manifest["files"].items() if "/holdout/" not in r}
+    storage.write_json(storage.join(uri, "manifest.json"), manifest)
+    with pytest.raises(ValueError, match=r"\['lightgcn'\] were refit on train \+ validation"):
+        fit_planner(synthetic_data.uri, uri, FitPlannerConfig(score=SCORE), log=lambda *_: None)
+
+
+def run_mode(mode, bundle_uri, requests_uri, output):
+    import argparse
+
+    from jobs.nightly_score import run
+
+    args = argparse.Namespace(requests=requests_uri, bundle=bundle_uri, output=output, run_date="2026-11-27",
+                              force=True)
+    return run(args, dataclasses.replace(SCORE, mode=mode), log=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def mode_runs(ray_session, routed_bundle_uri, requests_uri):
+    root = "s3://reasonrec-test/planner/runs"
+    return {mode: (f"{root}/{mode}", run_mode(mode, routed_bundle_uri, requests_uri, f"{root}/{mode}"))
+            for mode in MODES}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_job_in_every_mode_accounts_for_every_row(mode, mode_runs):
+    output, manifest = mode_runs[mode]
+    rows = manifest["rows_out"]
+    assert manifest["mode"] == mode and manifest["rows_in"] == ROWS + 2
+    assert rows == ROWS and manifest["rows_quarantined"] == 2
+    assert sum(manifest["routes"].values()) == rows and sum(manifest["paths"].values()) == rows
+    assert sum(manifest["route_shares"].values()) == pytest.approx(1.0)
+    results = commit.read_committed(output, "2026-11-27")
+    assert results.num_rows == rows and not results.select(["user_id", "task"]).to_pandas().duplicated().any()
+    vlm = np.asarray(results.column("vlm_called").to_pylist())
+    consulted = pc.list_value_length(results.column("tools")).to_numpy()
+    route = np.asarray(results.column("route").to_pylist())
+    assert manifest["vlm_calls_total"] == vlm.sum() and manifest["tool_calls_total"] == consulted.sum()
+    assert manifest["tool_usage_rate"] == pytest.approx((consulted > 0).mean())
+    assert manifest["override_rate"] == pytest.approx(np.mean(results.column("overrode").to_pylist()))
+    if mode == "tools-only":
+        assert vlm.sum() == 0 and (consulted == 2).all()
+    elif mode == "vlm-only":
+        assert vlm.all() and (consulted == 0).all()
+    elif mode == "vlm+tools-always":
+        assert vlm.all() and (consulted == 2).all()
+    else:
+        assert set(route) == {"low", "medium", "high"} and (vlm == (route != "low")).all()
+        path = np.asarray(results.column("path").to_pylist())
+        task = np.asarray(results.column("task").to_pylist())
+        low_by = np.where(task == "sequential", "tool", "vote")  # the routed bundle's policies
+        assert (path[route == "low"] == low_by[route == "low"]).all() and set(path[route == "high"]) == {"aggregate"}
+        assert (consulted[path == "tool"] == 1).all() and (consulted[path == "vote"] == 2).all()
+        escalated = np.asarray(results.column("escalated").to_pylist())
+        assert (path[route == "medium"] == np.where(escalated[route == "medium"], "aggregate", "vlm")).all()
+        confidence = np.asarray(results.column("confidence").to_pylist())
+        assert (confidence[escalated] >= 0).all()
+    traces = results.column("trace").to_pylist()
+    assert all(f"mode: {mode}" in t and "answer: " in t for t in traces)
+    assert all(len(r) == 10 for r in results.column("ranked").to_pylist())
+
+
+def test_planner_rows_match_the_in_process_stages(mode_runs, routed_bundle_uri, requests_uri):
+    """The same stages without Ray give the same answers: the job adds scheduling, not behaviour."""
+    from reasonrec.batch.local import LocalPipeline
+    from reasonrec.batch.requests import list_shards
+
+    table = pa.concat_tables([storage.read_parquet(s) for s in list_shards(requests_uri)])
+    local = LocalPipeline(Bundle(routed_bundle_uri), dataclasses.replace(SCORE, mode="planner"))(table)
+    local = local.filter(local.column("error").is_null())
+    batch = commit.read_committed(mode_runs["planner"][0], "2026-11-27")
+    key = lambda t: {(u, k): [x["item_id"] for x in r] for u, k, r in zip(  # noqa: E731
+        t.column("user_id").to_pylist(), t.column("task").to_pylist(), t.column("ranked").to_pylist())}
+    assert key(local) == key(batch)
+
+
+def test_report_compares_the_modes(mode_runs, synthetic_data, tmp_path):
+    from reasonrec.report import ReportConfig, write_report
+
+    out = str(tmp_path / "report")
+    report = write_report([uri for uri, _ in mode_runs.values()], synthetic_data.uri, out,
+                          ReportConfig(sweep_users=40, backend="transformers"), log=lambda *_: None)
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert all(f"| {mode} |" in markdown for mode in MODES)
+    assert (tmp_path / "report" / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+    seq = report["tasks"]["sequential"]
+    assert set(seq["modes"]) == set(MODES) and len(seq["cold_start"]["planner"]) == 10
+    assert sum(g["users"] for g in seq["cold_start"]["planner"]) == USERS + 1
+    assert seq["modes"]["tools-only"]["vlm_calls"] == 0 and seq["modes"]["vlm-only"]["vlm_calls"] == USERS + 1
+    assert sum(r["rows"] for r in seq["routes"]["planner"]) == USERS + 1
+    agreement = seq["agreement"]["vlm+tools-always"]
+    assert sum(agreement[c]["rows"] for c in ("agree", "vlm_overrode", "tools_kept")) == agreement["rows"] == USERS + 1
+    sweep = seq["sweep"]
+    assert sweep["rows"] == 40 and len(sweep["plans"]["HR@5"]) > 10
+    assert max(sweep["plans"]["HR@5"]) >= sweep["modes"]["primary tool"]["HR@5"]
