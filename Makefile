@@ -24,6 +24,7 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) benchmarks/score_tools.py
 	$(PY) benchmarks/deliberator.py
+	$(PY) benchmarks/planner_job.py --data demo_output/data --bundle demo_output/bundle
 
 clean:
 	rm -rf demo_output .pytest_cache

@@ -132,9 +132,16 @@ def cmd_requests(args) -> dict:
     from reasonrec.batch.requests import requests_for_split, write_requests
     from reasonrec.data.prepared import PreparedData
 
+    import numpy as np
+    import pyarrow.compute as pc
+
     data = PreparedData(args.data)
-    table = pa.concat_tables([requests_for_split(data, args.split, task, args.k, seed=args.seed)
-                              for task in args.tasks.split(",")])
+    tables = [requests_for_split(data, args.split, task, args.k, seed=args.seed) for task in args.tasks.split(",")]
+    if args.users:  # the same seeded sample of users for every task
+        users = tables[0].column("user_id").to_numpy(zero_copy_only=False)
+        keep = set(users[np.random.default_rng(args.seed).permutation(len(users))[:args.users]])
+        tables = [t.filter(pc.is_in(t.column("user_id"), pa.array(sorted(keep), pa.string()))) for t in tables]
+    table = pa.concat_tables(tables)
     shards = write_requests(table, args.out, shard_rows=args.shard_rows)
     print(f"wrote {table.num_rows} requests ({args.tasks}, k={args.k}, {args.split} split) "
           f"in {len(shards)} shard(s) -> {args.out}")
@@ -148,7 +155,8 @@ def cmd_score(args) -> dict:
 
 
 def cmd_demo(args) -> dict:
-    """The embedded default: synthetic catalogue -> prepare -> train tools -> fine-tune the VLM -> nightly job."""
+    """The embedded default: synthetic catalogue -> prepare -> train tools -> fine-tune the VLM -> fit the planner
+    -> nightly job (planner mode)."""
     start = time.perf_counter()
     root = args.out
     raw, data, bundle, requests, results = (storage.join(root, p)
@@ -163,10 +171,13 @@ def cmd_demo(args) -> dict:
     vlm = cmd_finetune_vlm(ns(data=data, bundle=bundle, base=None, config=vlm_config, steps=args.vlm_steps,
                               batch_size=None, lr=None, lora_rank=None, noise=None, workers=None,
                               cpus_per_worker=None, gpu=False, eval_users=None, storage_path=None, seed=None))["vlm"]
+    planner = cmd_fit_planner(ns(data=data, bundle=bundle, tasks=None, users=None, tolerance=None, vlm_backend=None,
+                                 config=None))["planner"]
     cmd_requests(ns(data=data, out=requests, split="test", tasks="sequential,direct", k=10, shard_rows=1000,
-                    seed=0))
+                    seed=0, users=None))
     manifest = cmd_score(ns(requests=requests, bundle=bundle, output=results, run_date=None, force=True,
-                            batch_size=None, tool_actors=None, config=None))
+                            batch_size=None, tool_actors=None, config=None, mode=None, vlm_backend=None,
+                            shortlist=None))
     tools_eval = {task: cmd_evaluate(ns(data=data, bundle=bundle, results=None, run_date=None, task=task,
                                         split="test", json=storage.join(root, f"eval_{task}.json")))
                   for task in ("sequential", "direct")}
@@ -180,15 +191,24 @@ def cmd_demo(args) -> dict:
         for name, m in {**report["tools"], **report["baselines"]}.items():
             print(f"  {name:>14s}  " + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
         print(f"  {'nightly job':>14s}  " + "  ".join(f"{k} {v:.4f}" for k, v in batch_eval[task]["metrics"].items())
-              + f"   (committed results; answered by {primary})")
+              + f"   (committed results, mode {manifest['mode']}; route low answered by {primary} or the vote)")
     m = vlm["metrics"]
     print(f"VLM deliberator (tiny Idefics3, R-VIT {vlm['training']['steps']} steps, loss "
           f"{vlm['training']['loss_first']:.3f} -> {vlm['training']['loss_last']:.3f}), {m['users']} test users, "
           f"{m['candidates']} candidates, alone (no tools): HR@1 tuned {m['HR@1_tuned']:.4f}, untuned "
           f"{m['HR@1_untuned']:.4f}, images blanked {m.get('HR@1_tuned_blank_images', float('nan')):.4f}, "
           f"chance {m['chance']:.4f}")
+    for task, v in planner["validation"].items():
+        p = v["plan"]
+        print(f"planner for {task} (fitted on {v['rows']} validation users): route low (C < {p['tau_low']:.2f}) -> "
+              f"{p['low']}, medium (C <= {p['tau_high']:.2f}) -> VLM unless confidence < {p['kappa']:.2f}, high -> "
+              f"VLM + tools + aggregator; validation HR@5 {p['HR@5']:.4f} with the VLM on {p['vlm_share']:.0%} of rows "
+              f"(primary tool {v['HR@5']['tool']:.4f}, vote {v['HR@5']['vote']:.4f}, VLM alone {v['HR@5']['vlm']:.4f}, "
+              f"VLM + tools {v['HR@5']['aggregate']:.4f})")
+    print(f"compare the four modes: reasonrec score --mode tools-only|vlm-only|vlm+tools-always|planner, then "
+          f"reasonrec report --run ... --data {data}")
     print(f"outputs under {root}; finished in {time.perf_counter() - start:.0f}s")
-    return {"manifest": manifest, "tools": tools_eval, "batch": batch_eval, "vlm": vlm}
+    return {"manifest": manifest, "tools": tools_eval, "batch": batch_eval, "vlm": vlm, "planner": planner}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -252,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", default="sequential", help="comma-separated: sequential,direct,ctr,explain")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--shard-rows", type=int, default=5000)
-    p.add_argument("--seed", type=int, default=0, help="shuffles each direct request's candidates")
+    p.add_argument("--users", type=int, help="a seeded sample of this many users (default: every evaluated user)")
+    p.add_argument("--seed", type=int, default=0, help="shuffles each direct request's candidates; the sample")
     p.set_defaults(func=cmd_requests)
 
     from jobs.fit_planner import add_arguments as add_fit_arguments

@@ -74,7 +74,15 @@ class VLMStage:
         catalogue = Catalogue(pq.read_table(io.BytesIO(bundle.read("catalogue.parquet"))), self.vocab,
                               images=examples.get("images", True))
         self.prompts = PromptBuilder(catalogue, self.vocab, config.template, examples.get("max_history", 5))
-        self.deliberator = DeliberatorStage(bundle, config.deliberator)
+        self.bundle = bundle
+        self._deliberator: DeliberatorStage | None = None
+
+    @property
+    def deliberator(self) -> DeliberatorStage:
+        # Loaded on the first row that needs it: a planner run that routes every row low never loads the model.
+        if self._deliberator is None:
+            self._deliberator = DeliberatorStage(self.bundle, self.config.deliberator)
+        return self._deliberator
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n, rows = self.config.shortlist, batch.num_rows

@@ -44,7 +44,9 @@ def train_tokenizer(corpus: list[str], vocab_size: int):
     answers = [f"answer: {label}" for label in LABELS] + ["answer: yes", "answer: no"]
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator([*corpus, *answers * 20], trainer)
+    # Repeated in proportion to the corpus: with rare answer lines a large catalogue's own merges (e.g. "i"+"n"
+    # before " "+"i") would leave some labels as two tokens.
+    tokenizer.train_from_iterator([*corpus, *answers * max(20, len(corpus) // 5)], trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|bos|>", eos_token="<end_of_utterance>",
                                    pad_token="<|pad|>", additional_special_tokens=SPECIAL_TOKENS[2:])
     for word in [*string.ascii_letters, "yes", "no"]:
