@@ -1,12 +1,14 @@
 """What the planner saves: the nightly job in mode ``planner`` vs ``vlm-only`` on the same requests, same run.
 
     python benchmarks/planner_job.py --data DATA --bundle BUNDLE [--task sequential,direct] [--users 1000]
-                                     [--backend auto] [--vlm-actors 1]
+                                     [--backend auto] [--vlm-actors 1] [--plan 0.3,0.7,0.2,tool]
 
 Both runs are the whole Ray Data job (actor start-up, model loads, streaming, commit) on an already started local
 Ray, on the same request shards (the first ``--users`` test users of each task). Printed per mode: rows/s, VLM
 calls, and per route the rows and the mean and p95 latency per row (the stages' own time per row); then the
-planner/vlm-only ratios. The bundle must have a fitted planner (``reasonrec fit-planner``).
+planner/vlm-only ratios. The bundle must have a fitted planner (``reasonrec fit-planner``). ``--plan`` adds a
+run of the planner with other thresholds (tau_low, tau_high, kappa, low answerer) set in a copy of the bundle, e.g.
+the paper's 0.3/0.7 when the fitted plan sends no row to the VLM.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ def main() -> None:
     parser.add_argument("--backend", default="auto", choices=("auto", "transformers", "vllm"))
     parser.add_argument("--vlm-actors", type=int, default=1)
     parser.add_argument("--modes", default="vlm-only,planner")
+    parser.add_argument("--plan", help="tau_low,tau_high,kappa,low (tool|vote): one more planner run with this plan")
     args = parser.parse_args()
 
     data = PreparedData(args.data)
@@ -51,34 +54,51 @@ def main() -> None:
     figures = {}
     with tempfile.TemporaryDirectory() as tmp:
         write_requests(table, f"{tmp}/requests", shard_rows=1000)
-        for mode in args.modes.split(","):
+        runs = [(mode, mode, args.bundle) for mode in args.modes.split(",")]
+        if args.plan:
+            runs.append((f"planner[{args.plan}]", "planner", with_plan(args.bundle, args.plan, f"{tmp}/bundle")))
+        for i, (name, mode, bundle) in enumerate(runs):
             start = time.perf_counter()
-            manifest = run(argparse.Namespace(requests=f"{tmp}/requests", bundle=args.bundle, output=f"{tmp}/{mode}",
+            manifest = run(argparse.Namespace(requests=f"{tmp}/requests", bundle=bundle, output=f"{tmp}/out{i}",
                                               run_date=None, force=True),
                            dataclasses.replace(config, mode=mode), log=lambda *_: None)
             seconds = time.perf_counter() - start
-            results = commit.read_committed(f"{tmp}/{mode}")
+            results = commit.read_committed(f"{tmp}/out{i}")
             latency = results.column("latency_ms").to_numpy(zero_copy_only=False)
-            figures[mode] = {"seconds": seconds, "rows_per_s": table.num_rows / seconds,
+            figures[name] = {"seconds": seconds, "rows_per_s": table.num_rows / seconds,
                              "vlm_calls": manifest["vlm_calls_total"], "routes": route_table(results),
                              "latency_mean_ms": float(np.mean(latency)),
                              "latency_p95_ms": float(np.percentile(latency, 95))}
     print(f"\n{table.num_rows} requests ({args.task}) on {args.data}; backend {args.backend}, "
           f"{args.vlm_actors} VLM actor(s); {os.cpu_count()} cores")
-    print(f"{'mode':>12} {'wall s':>7} {'rows/s':>7} {'VLM calls':>9} {'ms/row mean':>11} {'p95':>8}")
+    print(f"{'mode':>28} {'wall s':>7} {'rows/s':>7} {'VLM calls':>9} {'ms/row mean':>11} {'p95':>8}")
     for mode, f in figures.items():
-        print(f"{mode:>12} {f['seconds']:7.1f} {f['rows_per_s']:7.1f} {f['vlm_calls']:9d} "
+        print(f"{mode:>28} {f['seconds']:7.1f} {f['rows_per_s']:7.1f} {f['vlm_calls']:9d} "
               f"{f['latency_mean_ms']:11.2f} {f['latency_p95_ms']:8.2f}")
-    print(f"\n{'mode':>12} {'route':>7} {'rows':>6} {'VLM calls':>9} {'ms/row mean':>11} {'p95':>8}")
+    print(f"\n{'mode':>28} {'route':>7} {'rows':>6} {'VLM calls':>9} {'ms/row mean':>11} {'p95':>8}")
     for mode, f in figures.items():
         for r in f["routes"]:
-            print(f"{mode:>12} {r['route']:>7} {r['rows']:6d} {r['vlm_calls']:9d} {r['latency_mean_ms']:11.2f} "
+            print(f"{mode:>28} {r['route']:>7} {r['rows']:6d} {r['vlm_calls']:9d} {r['latency_mean_ms']:11.2f} "
                   f"{r['latency_p95_ms']:8.2f}")
-    if {"planner", "vlm-only"} <= set(figures):
-        p, v = figures["planner"], figures["vlm-only"]
-        print(f"\nplanner / vlm-only: rows/s x{p['rows_per_s'] / v['rows_per_s']:.2f}, VLM calls "
+    for name in [n for n in figures if n.startswith("planner")] if "vlm-only" in figures else []:
+        p, v = figures[name], figures["vlm-only"]
+        print(f"\n{name} / vlm-only: rows/s x{p['rows_per_s'] / v['rows_per_s']:.2f}, VLM calls "
               f"x{p['vlm_calls'] / max(v['vlm_calls'], 1):.2f} ({1 - p['vlm_calls'] / max(v['vlm_calls'], 1):.0%} "
               f"fewer), mean ms/row x{p['latency_mean_ms'] / v['latency_mean_ms']:.2f}")
+
+
+def with_plan(bundle_uri: str, plan: str, folder: str) -> str:
+    """A local copy of the bundle whose planner policies use ``plan`` (the fitted aggregators are kept)."""
+    from reasonrec import storage
+
+    tau_low, tau_high, kappa, low = plan.split(",")
+    for rel in storage.list_files(bundle_uri):
+        storage.write_bytes(storage.join(folder, rel), storage.read_bytes(storage.join(bundle_uri, rel)))
+    manifest = storage.read_json(storage.join(folder, "manifest.json"))
+    for policy in manifest["planner"]["policies"].values():
+        policy.update(tau_low=float(tau_low), tau_high=float(tau_high), kappa=float(kappa), low=low)
+    storage.write_json(storage.join(folder, "manifest.json"), manifest)
+    return folder
 
 
 if __name__ == "__main__":
