@@ -94,9 +94,8 @@ def cold_start(results: pa.Table, ranks: np.ndarray, data, groups: int) -> list[
     from reasonrec.data.vocab import Vocab
 
     train = data.train
-    counts = np.zeros(len(train), dtype=np.int64) if len(train) == 0 else train.lengths
     row = Vocab(train.user_ids).index(_np(results.column("user_id")))
-    frequency = np.where(row >= 0, counts[np.maximum(row, 0)], 0)
+    frequency = np.where(row >= 0, train.lengths[np.maximum(row, 0)], 0)  # an unknown user has no interactions
     order = np.argsort(frequency, kind="stable")
     tools = _np(pc.fill_null(pc.list_value_length(results.column("tools")), 0)) > 0
     out = []
@@ -110,7 +109,7 @@ def cold_start(results: pa.Table, ranks: np.ndarray, data, groups: int) -> list[
 
 
 def single_tools(data, bundle, results: pa.Table, task: str, split: str) -> dict:
-    """HR/NDCG@5 of every tool of the bundle and of popularity's absence: the same users the runs answered."""
+    """HR/NDCG@5 of every tool of the bundle alone, on the users the runs answered."""
     from reasonrec.data.prepared import EvalSet
     from reasonrec.data.vocab import Vocab
     from reasonrec.evaluate import evaluate, tool_scorer

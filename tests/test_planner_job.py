@@ -172,3 +172,16 @@ def test_report_compares_the_modes(mode_runs, synthetic_data, tmp_path):
     sweep = seq["sweep"]
     assert sweep["rows"] == 40 and len(sweep["plans"]["HR@5"]) > 10
     assert max(sweep["plans"]["HR@5"]) >= sweep["modes"]["primary tool"]["HR@5"]
+
+
+def test_report_command_line(mode_runs, synthetic_data, tmp_path, capsys):
+    from reasonrec.cli import main
+
+    runs = [arg for uri, _ in mode_runs.values() for arg in ("--run", uri)]
+    out = str(tmp_path / "cli-report")
+    assert main(["report", *runs, "--data", synthetic_data.uri, "--out", out, "--sweep-users", "0"]) == 0
+    assert "report written to" in capsys.readouterr().out
+    assert (tmp_path / "cli-report" / "report.md").exists() and not (tmp_path / "cli-report" / "frontier.png").exists()
+    assert main(["report", "--run", mode_runs["planner"][0], "--run", mode_runs["planner"][0],
+                 "--data", synthetic_data.uri, "--out", out]) == 2
+    assert "two runs in mode 'planner'" in capsys.readouterr().err
