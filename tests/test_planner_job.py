@@ -185,3 +185,23 @@ def test_report_command_line(mode_runs, synthetic_data, tmp_path, capsys):
     assert main(["report", "--run", mode_runs["planner"][0], "--run", mode_runs["planner"][0],
                  "--data", synthetic_data.uri, "--out", out]) == 2
     assert "two runs in mode 'planner'" in capsys.readouterr().err
+
+
+def test_multinode_vlm_actors_run_on_the_gpu_node_and_tools_elsewhere(routed_bundle_uri, requests_uri):
+    """A head, a CPU worker and a worker advertising a GPU (ray.cluster_utils.Cluster, in its own process)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "tests/scripts/multinode_job.py", routed_bundle_uri, requests_uri,
+                           "s3://reasonrec-test/planner/multinode"], cwd=repo, capture_output=True, text=True,
+                          timeout=500, env={**os.environ, "PYTHONPATH": str(repo)})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    nodes, placed = found["nodes"], found["placed"]
+    assert found["rows_out"] == ROWS and found["vlm_calls"] > 0
+    assert placed["VLMActor"] == [nodes["gpu"]]
+    assert placed["ToolActor"] and nodes["gpu"] not in placed["ToolActor"]

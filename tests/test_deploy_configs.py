@@ -1,0 +1,86 @@
+"""Cluster launcher YAMLs against Ray's own schema, and the KubeRay manifests against the project's entry points."""
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTERS = sorted((REPO / "cluster").glob("*.yaml"))
+MANIFESTS = sorted((REPO / "manifests").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CLUSTERS, ids=lambda p: p.name)
+def test_cluster_yaml_validates_against_the_schema_shipped_with_ray(path):
+    import jsonschema
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load(path.read_text())
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    jsonschema.validate(config, schema)
+    validate_config(prepare_config(config))  # what `ray up` runs: provider defaults filled in, then checked
+    mounted = set(config["file_mounts"])
+    for command in config["setup_commands"]:
+        assert any(f"-e {m}" in command for m in mounted), f"{command!r} installs what file_mounts does not ship"
+
+
+def test_cloud_cluster_has_a_head_a_cpu_group_and_a_gpu_group():
+    config = yaml.safe_load((REPO / "cluster" / "aws.yaml").read_text())
+    types = config["available_node_types"]
+    assert types[config["head_node_type"]]["resources"] == {"CPU": 0}  # the head runs no actors
+    for name, extra in (("cpu_worker", False), ("gpu_worker", True)):
+        group = types[name]
+        assert 0 <= group["min_workers"] <= group["max_workers"] <= config["max_workers"]
+        assert ("GPU" in group["resources"]) == extra
+        installs = " ".join(group.get("worker_setup_commands", config["setup_commands"]))
+        assert ("[vllm]" in installs) == extra  # vLLM only where there is a GPU
+
+
+def test_every_extra_the_deployments_install_exists():
+    import tomllib
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert "vllm" in extras
+    assert 'pip install --no-cache-dir -e ".[vllm]"' in (REPO / "Dockerfile").read_text()
+
+
+def job_specs():
+    for path in MANIFESTS:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == "RayJob":
+                yield path.name, doc["spec"]
+            elif doc and doc.get("kind") == "RayCronJob":
+                yield path.name, doc["spec"]["jobTemplate"]
+
+
+@pytest.mark.parametrize("name,spec", list(job_specs()), ids=lambda v: v if isinstance(v, str) else "")
+def test_kuberay_jobs_run_real_entry_points_with_real_flags(name, spec):
+    import argparse
+
+    from jobs import nightly_score
+
+    argv = shlex.split(spec["entrypoint"])
+    assert argv[0] == "python" and (REPO / argv[1]).is_file(), f"{name}: {argv[1]} is not in the project"
+    assert argv[1] == "jobs/nightly_score.py"
+    parser = argparse.ArgumentParser()
+    nightly_score.add_arguments(parser)
+    args = parser.parse_args(argv[2:])  # an unknown or misspelt flag fails here
+    assert nightly_score.score_config(args).mode == args.mode
+    cluster = spec["rayClusterSpec"]
+    assert cluster["rayVersion"] == ray.__version__
+    groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
+    assert set(groups) == {"cpu-workers", "gpu-workers"}
+    for group in groups.values():
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    gpu = groups["gpu-workers"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert gpu["nvidia.com/gpu"] == "1"
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+
+
+def test_the_schedule_is_daily():
+    docs = [d for p in MANIFESTS for d in yaml.safe_load_all(p.read_text()) if d and d.get("kind") == "RayCronJob"]
+    assert len(docs) == 1
+    minute, hour, *rest = docs[0]["spec"]["schedule"].split()
+    assert rest == ["*", "*", "*"] and minute.isdigit() and hour.isdigit()
