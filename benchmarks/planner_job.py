@@ -31,6 +31,7 @@ def main() -> None:
     from reasonrec.batch.requests import requests_for_split, write_requests
     from reasonrec.data.prepared import PreparedData
     from reasonrec.report import route_table
+    from reasonrec.train.planner import copy_with_plan
     from reasonrec.vlm.deliberator import DeliberatorConfig
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,7 +57,7 @@ def main() -> None:
         write_requests(table, f"{tmp}/requests", shard_rows=1000)
         runs = [(mode, mode, args.bundle) for mode in args.modes.split(",")]
         if args.plan:
-            runs.append((f"planner[{args.plan}]", "planner", with_plan(args.bundle, args.plan, f"{tmp}/bundle")))
+            runs.append((f"planner[{args.plan}]", "planner", copy_with_plan(args.bundle, args.plan, f"{tmp}/bundle")))
         for i, (name, mode, bundle) in enumerate(runs):
             start = time.perf_counter()
             manifest = run(argparse.Namespace(requests=f"{tmp}/requests", bundle=bundle, output=f"{tmp}/out{i}",
@@ -85,20 +86,6 @@ def main() -> None:
         print(f"\n{name} / vlm-only: rows/s x{p['rows_per_s'] / v['rows_per_s']:.2f}, VLM calls "
               f"x{p['vlm_calls'] / max(v['vlm_calls'], 1):.2f} ({1 - p['vlm_calls'] / max(v['vlm_calls'], 1):.0%} "
               f"fewer), mean ms/row x{p['latency_mean_ms'] / v['latency_mean_ms']:.2f}")
-
-
-def with_plan(bundle_uri: str, plan: str, folder: str) -> str:
-    """A local copy of the bundle whose planner policies use ``plan`` (the fitted aggregators are kept)."""
-    from reasonrec import storage
-
-    tau_low, tau_high, kappa, low = plan.split(",")
-    for rel in storage.list_files(bundle_uri):
-        storage.write_bytes(storage.join(folder, rel), storage.read_bytes(storage.join(bundle_uri, rel)))
-    manifest = storage.read_json(storage.join(folder, "manifest.json"))
-    for policy in manifest["planner"]["policies"].values():
-        policy.update(tau_low=float(tau_low), tau_high=float(tau_high), kappa=float(kappa), low=low)
-    storage.write_json(storage.join(folder, "manifest.json"), manifest)
-    return folder
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """``reasonrec`` command line: synth, prepare, train-tools, finetune-vlm, fit-planner, requests, score, evaluate,
-report, demo."""
+report, serve, demo."""
 from __future__ import annotations
 
 import argparse
@@ -102,6 +102,42 @@ def cmd_report(args) -> dict:
 
     config = ReportConfig(split=args.split, sweep_users=args.sweep_users, backend=args.vlm_backend)
     return write_report(args.run, args.data, args.out, config, bundle_uri=args.bundle)
+
+
+def serve_config(args):
+    from reasonrec.config import from_dict, load_yaml
+    from reasonrec.serve.api import ServeConfig
+
+    values = load_yaml(args.config)
+    for flag in ("host", "port"):
+        if getattr(args, flag) is not None:
+            values[flag] = getattr(args, flag)
+    if args.mode:
+        values.setdefault("score", {})["mode"] = args.mode
+    if args.vlm_backend:
+        values.setdefault("score", {}).setdefault("deliberator", {})["backend"] = args.vlm_backend
+    return from_dict(ServeConfig, values)
+
+
+def cmd_serve(args) -> dict:
+    from ray import serve
+
+    from actors.serve import build
+
+    config = serve_config(args)
+    _ray_init()
+    serve.start(http_options={"host": config.host, "port": config.port})
+    serve.run(build(config, storage.absolute(args.bundle)), name="reasonrec", route_prefix="/")
+    url = f"http://{config.host}:{config.port}"
+    print(f"serving {args.bundle} at {url}/v1/recommend (OpenAPI: {url}/docs, health: {url}/healthz); Ctrl-C stops")
+    if args.no_block:
+        return {"url": url}
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+    return {"url": url}
 
 
 def cmd_evaluate(args) -> dict:
@@ -287,6 +323,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="the nightly scoring job (same as jobs/nightly_score.py)")
     add_arguments(p)
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("serve", help="serve live recommendations with Ray Serve (FastAPI on 127.0.0.1 by default)")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--host", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="default 8000")
+    p.add_argument("--mode", choices=("tools-only", "vlm-only", "vlm+tools-always", "planner"))
+    p.add_argument("--vlm-backend", choices=("auto", "transformers", "vllm"))
+    p.add_argument("--config", help="YAML with ServeConfig fields (score: {ScoreConfig fields}, replicas, batching)")
+    p.add_argument("--no-block", action="store_true", help="return once the app is up (scripts, tests)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("report", help="compare committed runs (one per mode): quality, routes, cost, overrides, "
                                       "cold start, threshold sweep -> markdown + PNG")

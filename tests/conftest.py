@@ -116,3 +116,44 @@ def vlm_bundle_uri(bundle_uri, synthetic_data, ray_session):
                             tiny=TinyVLMConfig(vocab_size=1024), examples=ExamplesConfig(candidates=8, per_user=1))
     finetune_vlm(synthetic_data.uri, uri, config, log=lambda *_: None)
     return uri
+
+
+def planner_score():
+    """The nightly job's settings in the planner tests: a small shortlist, the transformers VLM backend."""
+    from reasonrec.batch.config import ScoreConfig
+    from reasonrec.vlm.deliberator import DeliberatorConfig
+
+    return ScoreConfig(batch_size=128, shortlist=8, deliberator=DeliberatorConfig(backend="transformers", batch_size=16))
+
+
+PLANNER_SCORE = planner_score()
+
+
+@pytest.fixture(scope="session")
+def planner_bundle_uri(vlm_bundle_uri, synthetic_data):
+    from reasonrec import storage
+    from reasonrec.train.planner import FitPlannerConfig, fit_planner
+
+    uri = "s3://reasonrec-test/planner/bundle"
+    for rel in storage.list_files(vlm_bundle_uri):
+        storage.write_bytes(storage.join(uri, rel), storage.read_bytes(storage.join(vlm_bundle_uri, rel)))
+    fit_planner(synthetic_data.uri, uri, FitPlannerConfig(users=150, score=planner_score()), log=lambda *_: None)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def routed_bundle_uri(planner_bundle_uri):
+    """The fitted bundle with hand-set thresholds, so that the job sees every route and path (the fitted plan on
+    this small catalogue may send every row one way)."""
+    from reasonrec import storage
+
+    uri = "s3://reasonrec-test/planner/routed-bundle"
+    for rel in storage.list_files(planner_bundle_uri):
+        storage.write_bytes(storage.join(uri, rel), storage.read_bytes(storage.join(planner_bundle_uri, rel)))
+    manifest = storage.read_json(storage.join(uri, "manifest.json"))
+    for task, policy in manifest["planner"]["policies"].items():
+        policy.update(tau_low=0.3, tau_high=0.7, kappa=0.2, low="tool" if task == "sequential" else "vote")
+    storage.write_json(storage.join(uri, "manifest.json"), manifest)
+    return uri
+
+

@@ -84,3 +84,32 @@ def test_the_schedule_is_daily():
     assert len(docs) == 1
     minute, hour, *rest = docs[0]["spec"]["schedule"].split()
     assert rest == ["*", "*", "*"] and minute.isdigit() and hour.isdigit()
+
+
+def serve_configs():
+    yield "serve.yaml", yaml.safe_load((REPO / "manifests" / "serve.yaml").read_text())
+    service = yaml.safe_load((REPO / "manifests" / "rayservice.yaml").read_text())
+    assert service["kind"] == "RayService"
+    yield "rayservice.yaml", yaml.safe_load(service["spec"]["serveConfigV2"])
+
+
+@pytest.mark.parametrize("name,config", list(serve_configs()), ids=lambda v: v if isinstance(v, str) else "")
+def test_serve_configs_validate_and_point_at_the_app_builder(name, config):
+    import dataclasses
+    import importlib
+
+    from ray.serve.schema import ServeDeploySchema
+
+    from reasonrec.config import from_dict
+    from reasonrec.serve.api import ServeConfig
+
+    ServeDeploySchema.model_validate(config)  # Ray Serve's own schema of a config file
+    (application,) = config["applications"]
+    module, attr = application["import_path"].split(":")
+    assert callable(getattr(importlib.import_module(module), attr))
+    args = dict(application["args"])
+    assert args.pop("bundle")
+    assert set(args) <= {f.name for f in dataclasses.fields(ServeConfig)}
+    from_dict(ServeConfig, args)  # every field and nested ScoreConfig field is real
+    if name == "serve.yaml":
+        assert config["http_options"]["host"] == "127.0.0.1"  # local runs bind loopback by default

@@ -5,43 +5,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from conftest import PLANNER_SCORE as SCORE
 
 from reasonrec import storage
 from reasonrec.batch import commit
-from reasonrec.batch.config import ScoreConfig
 from reasonrec.batch.requests import requests_for_split, write_requests
 from reasonrec.bundle import Bundle
 from reasonrec.planner import MODES, Aggregator
-from reasonrec.vlm.deliberator import DeliberatorConfig
 
-SCORE = ScoreConfig(batch_size=128, shortlist=8, deliberator=DeliberatorConfig(backend="transformers", batch_size=16))
 USERS = 60  # per task: the VLM runs on CPU in every mode but tools-only
 ROWS = 2 * USERS + 1  # and one more test user whose request carries no history (evidence horizon 1: route high)
-
-
-@pytest.fixture(scope="session")
-def planner_bundle_uri(vlm_bundle_uri, synthetic_data):
-    from reasonrec.train.planner import FitPlannerConfig, fit_planner
-
-    uri = "s3://reasonrec-test/planner/bundle"
-    for rel in storage.list_files(vlm_bundle_uri):
-        storage.write_bytes(storage.join(uri, rel), storage.read_bytes(storage.join(vlm_bundle_uri, rel)))
-    fit_planner(synthetic_data.uri, uri, FitPlannerConfig(users=150, score=SCORE), log=lambda *_: None)
-    return uri
-
-
-@pytest.fixture(scope="session")
-def routed_bundle_uri(planner_bundle_uri):
-    """The fitted bundle with hand-set thresholds, so that the job sees every route and path (the fitted plan on
-    this small catalogue may send every row one way)."""
-    uri = "s3://reasonrec-test/planner/routed-bundle"
-    for rel in storage.list_files(planner_bundle_uri):
-        storage.write_bytes(storage.join(uri, rel), storage.read_bytes(storage.join(planner_bundle_uri, rel)))
-    manifest = storage.read_json(storage.join(uri, "manifest.json"))
-    for task, policy in manifest["planner"]["policies"].items():
-        policy.update(tau_low=0.3, tau_high=0.7, kappa=0.2, low="tool" if task == "sequential" else "vote")
-    storage.write_json(storage.join(uri, "manifest.json"), manifest)
-    return uri
 
 
 @pytest.fixture(scope="session")

@@ -208,3 +208,19 @@ def fit_planner(data_uri: str, bundle_uri: str, config: FitPlannerConfig, log=pr
         manifest = writer.commit()
     log(f"bundle {manifest['version']} committed to {bundle_uri} with the fitted planner")
     return manifest
+
+
+def copy_with_plan(bundle_uri: str, plan: str, out_uri: str) -> str:
+    """A copy of the bundle whose planner uses ``plan`` = "tau_low,tau_high,kappa,low" for every task, the fitted
+    aggregators kept: for what-if runs and benchmarks (the manifest's checksums cover files, not itself)."""
+    from reasonrec import storage
+
+    tau_low, tau_high, kappa, low = plan.split(",")
+    checked = Policy(float(tau_low), float(tau_high), float(kappa), low=low)
+    for rel in storage.list_files(bundle_uri):
+        storage.write_bytes(storage.join(out_uri, rel), storage.read_bytes(storage.join(bundle_uri, rel)))
+    manifest = storage.read_json(storage.join(out_uri, "manifest.json"))
+    for policy in manifest["planner"]["policies"].values():
+        policy.update(tau_low=checked.tau_low, tau_high=checked.tau_high, kappa=checked.kappa, low=checked.low)
+    storage.write_json(storage.join(out_uri, "manifest.json"), manifest)
+    return out_uri

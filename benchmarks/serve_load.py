@@ -1,0 +1,110 @@
+"""Bounded load on the Serve app over loopback: req/s, p50 and p99 for tools-only requests and VLM-routed ones.
+
+    python benchmarks/serve_load.py --bundle demo_output/bundle --data demo_output/data [--requests 1000]
+                                    [--concurrency 8] [--rate 100] [--plan 0.3,0.7,0.1,tool]
+
+Starts the app (`reasonrec serve`'s code) on 127.0.0.1, then sends a fixed number of requests at a fixed
+concurrency (optionally paced to ``--rate`` req/s) for two kinds of users of the test split: those the fitted
+planner answers with the tools (route low) and those it sends to the VLM. Latency is measured at the client.
+"""
+from __future__ import annotations
+
+import argparse
+import socket
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import requests
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load(url: str, bodies: list[dict], concurrency: int, rate: float | None) -> dict:
+    session = requests.Session()
+    start = time.perf_counter()
+
+    def one(i: int) -> float:
+        if rate:  # pace request i to start at i / rate seconds
+            time.sleep(max(0.0, start + i / rate - time.perf_counter()))
+        t = time.perf_counter()
+        reply = session.post(url, json=bodies[i % len(bodies)], timeout=120)
+        reply.raise_for_status()
+        return 1000 * (time.perf_counter() - t)
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        latencies = np.array(list(pool.map(one, range(len(bodies)))))
+    seconds = time.perf_counter() - start
+    return {"requests": len(bodies), "req_per_s": len(bodies) / seconds, "p50_ms": float(np.percentile(latencies, 50)),
+            "p99_ms": float(np.percentile(latencies, 99))}
+
+
+def main() -> None:
+    import ray
+    from ray import serve
+
+    from actors.serve import build
+    from reasonrec.batch.config import ScoreConfig, make_planner
+    from reasonrec.bundle import Bundle
+    from reasonrec.data.prepared import PreparedData
+    from reasonrec.horizon import EvidenceHorizon
+    from reasonrec.serve.api import ServeConfig
+    from reasonrec.train.planner import copy_with_plan
+    from reasonrec.vlm.deliberator import DeliberatorConfig
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", required=True)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--vlm-requests", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rate", type=float, default=100.0, help="paced arrivals, req/s (0: as fast as possible)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "transformers", "vllm"))
+    parser.add_argument("--plan", help="tau_low,tau_high,kappa,low: serve a copy of the bundle with this plan")
+    args = parser.parse_args()
+
+    if args.plan:
+        args.bundle = copy_with_plan(args.bundle, args.plan, tempfile.mkdtemp(prefix="reasonrec-plan-"))
+    bundle, data = Bundle(args.bundle), PreparedData(args.data)
+    score = ScoreConfig(deliberator=DeliberatorConfig(backend=args.backend))
+    evalset = data.eval_set("test")
+    history = evalset.history
+    horizon = EvidenceHorizon.from_json(bundle.read("horizon.json")).apply(history.lengths, history.offsets,
+                                                                            history.items)
+    routes = make_planner(bundle, score).routes(np.full(len(horizon), "sequential", dtype=object), horizon)
+    items = data.item_vocab.ids
+    bodies = {"tools (route low)": [], "VLM (route medium/high)": []}
+    for u, route in enumerate(routes):
+        body = {"user_id": str(history.user_ids[u]), "k": 10,
+                "history": items[history.items[history.offsets[u]:history.offsets[u + 1]] - 1].tolist()}
+        bodies["tools (route low)" if route == "low" else "VLM (route medium/high)"].append(body)
+
+    ray.init(include_dashboard=False, log_to_driver=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build(ServeConfig(score=score, port=port), args.bundle), name="reasonrec", route_prefix="/")
+    url = f"http://127.0.0.1:{port}/v1/recommend"
+    print(f"app up on {url}; {len(bodies['tools (route low)'])} route-low and "
+          f"{len(bodies['VLM (route medium/high)'])} VLM-routed test users")
+    rows = []
+    for kind, count in (("tools (route low)", args.requests), ("VLM (route medium/high)", args.vlm_requests)):
+        if not bodies[kind]:
+            print(f"{kind}: no such users under the bundle's fitted plan")
+            continue
+        pool = (bodies[kind] * (count // len(bodies[kind]) + 1))[:count]
+        load(url, pool[:20], args.concurrency, None)  # warm-up: model loads, first batches
+        rows.append((kind, load(url, pool, args.concurrency, args.rate or None)))
+    serve.shutdown()
+    print(f"\nconcurrency {args.concurrency}, paced at {args.rate or 'max'} req/s, loopback, 2 cores")
+    print(f"{'requests':>24} {'n':>6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    for kind, r in rows:
+        print(f"{kind:>24} {r['requests']:6d} {r['req_per_s']:8.1f} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Live traffic through Ray Serve: the request/response contract and the plain parts the deployments wrap."""

@@ -1,0 +1,62 @@
+"""The HTTP contract of ``POST /v1/recommend`` (typed, bounded; FastAPI turns it into the OpenAPI schema)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from reasonrec.batch.config import ScoreConfig
+
+MAX_HISTORY = 200
+MAX_CANDIDATES = 100
+MAX_K = 100
+MAX_BODY_BYTES = 64 * 1024
+ID = Field(min_length=1, max_length=256, pattern=r"^\S(.*\S)?$")
+
+
+class RecommendRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    user_id: str = ID
+    task: Literal["sequential", "direct", "ctr"] = "sequential"
+    history: list[str] | None = Field(default=None, max_length=MAX_HISTORY,
+                                      description="item ids, oldest first; omitted: the user's history in the bundle's data")
+    candidates: list[str] | None = Field(default=None, min_length=1, max_length=MAX_CANDIDATES,
+                                         description="items to rank; omitted: the whole catalogue (sequential)")
+    k: int = Field(default=10, ge=1, le=MAX_K)
+
+
+class ScoredItem(BaseModel):
+    item_id: str
+    score: float
+
+
+class RecommendResponse(BaseModel):
+    user_id: str
+    task: str
+    items: list[ScoredItem]
+    route: str
+    path: str
+    horizon: float
+    confidence: float
+    tools: list[str]
+    trace: str
+    model_version: str
+
+
+@dataclasses.dataclass
+class ServeConfig:
+    """The Serve app's settings (YAML ``--config`` of ``reasonrec serve``, or ``args`` in manifests/serve.yaml)."""
+
+    score: ScoreConfig = dataclasses.field(default_factory=ScoreConfig)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    tool_batch_size: int = 32  # @serve.batch: requests the tool replica scores together
+    tool_batch_wait_s: float = 0.005
+    vlm_batch_size: int = 16
+    vlm_batch_wait_s: float = 0.02
+    ingress_replicas: dict = dataclasses.field(default_factory=lambda: {"min_replicas": 1, "max_replicas": 2})
+    tool_replicas: dict = dataclasses.field(default_factory=lambda: {"min_replicas": 1, "max_replicas": 4})
+    vlm_replicas: dict = dataclasses.field(default_factory=lambda: {"min_replicas": 1, "max_replicas": 2})
+    cpus_per_replica: float = 0.25

@@ -1,0 +1,122 @@
+"""The Ray Serve app over HTTP on 127.0.0.1: answers, parity with the nightly job, bounded and validated input."""
+import argparse
+import dataclasses
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import requests
+from conftest import PLANNER_SCORE, free_port
+
+from reasonrec.batch import commit
+from reasonrec.batch.requests import requests_for_split, write_requests
+
+PARITY_USERS = 100
+
+
+@pytest.fixture(scope="module")
+def served(ray_session, routed_bundle_uri, batch_rows):
+    """Started after the nightly job of the parity test: on 2 CPUs the two cannot hold their actors at once."""
+    from ray import serve
+
+    from actors.serve import build
+    from reasonrec.serve.api import ServeConfig
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build(ServeConfig(score=PLANNER_SCORE, port=port), routed_bundle_uri), name="reasonrec",
+              route_prefix="/")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def parity_requests(synthetic_data):
+    half = PARITY_USERS // 2
+    sequential = requests_for_split(synthetic_data, "test", "sequential", k=10)
+    cold = sequential.slice(PARITY_USERS, 1)  # an empty history: evidence horizon 1, route high
+    cold = cold.set_column(cold.schema.get_field_index("history"), "history",
+                           pa.array([[]], cold.schema.field("history").type))
+    return pa.concat_tables([sequential.slice(0, half - 1), cold,
+                             requests_for_split(synthetic_data, "test", "direct", k=10).slice(half, half)])
+
+
+@pytest.fixture(scope="module")
+def batch_rows(ray_session, parity_requests, routed_bundle_uri):
+    from jobs.nightly_score import run
+
+    uri = "s3://reasonrec-test/serve/parity"
+    write_requests(parity_requests, f"{uri}/requests", shard_rows=50)
+    run(argparse.Namespace(requests=f"{uri}/requests", bundle=routed_bundle_uri, output=f"{uri}/results",
+                           run_date="2026-11-27", force=True), dataclasses.replace(PLANNER_SCORE), log=lambda *_: None)
+    batch = commit.read_committed(f"{uri}/results", "2026-11-27")
+    return {(r["user_id"], r["task"]): r for r in batch.to_pylist()}
+
+
+def test_health_bundle_and_openapi(served, routed_bundle_uri):
+    from reasonrec.bundle import Bundle
+
+    assert requests.get(f"{served}/healthz", timeout=30).json() == {"status": "ok"}
+    assert requests.get(f"{served}/v1/bundle", timeout=30).json()["version"] == Bundle(routed_bundle_uri).version
+    schema = requests.get(f"{served}/openapi.json", timeout=30).json()
+    assert "/v1/recommend" in schema["paths"] and "RecommendRequest" in schema["components"]["schemas"]
+
+
+def test_served_answers_equal_the_nightly_job_across_routes(served, parity_requests, batch_rows):
+    """Same bundle, same requests: the served ranking is the committed row's (100 users, every route)."""
+    expected = batch_rows
+    routes = set()
+    for request in parity_requests.to_pylist():
+        body = {key: request[key] for key in ("user_id", "task", "k", "history")}
+        if request["candidates"] is not None:
+            body["candidates"] = request["candidates"]
+        got = requests.post(f"{served}/v1/recommend", json=body, timeout=120)
+        assert got.status_code == 200, got.text
+        got = got.json()
+        want = expected[(request["user_id"], request["task"])]
+        assert [x["item_id"] for x in got["items"]] == [x["item_id"] for x in want["ranked"]]
+        np.testing.assert_allclose([x["score"] for x in got["items"]], [x["score"] for x in want["ranked"]],
+                                   rtol=1e-4, atol=1e-5)
+        assert (got["route"], got["path"], got["tools"]) == (want["route"], want["path"], want["tools"])
+        routes.add(got["route"])
+    assert routes == {"low", "medium", "high"}
+
+
+def test_history_comes_from_the_bundle_data_when_omitted(served, parity_requests):
+    request = parity_requests.to_pylist()[0]
+    with_history = requests.post(f"{served}/v1/recommend", timeout=120, json={
+        "user_id": request["user_id"], "history": request["history"], "k": 5}).json()
+    without = requests.post(f"{served}/v1/recommend", timeout=120, json={"user_id": request["user_id"], "k": 5})
+    assert without.status_code == 200
+    # The bundle's data holds train + validation: the test request's history exactly.
+    assert [x["item_id"] for x in without.json()["items"]] == [x["item_id"] for x in with_history["items"]]
+    unknown = requests.post(f"{served}/v1/recommend", json={"user_id": "never-seen", "k": 3}, timeout=120).json()
+    assert unknown["horizon"] == 1.0 and unknown["route"] == "high" and len(unknown["items"]) == 3
+
+
+@pytest.mark.parametrize("body,status,field", [
+    ({"user_id": "u1", "k": 0}, 422, "k"),
+    ({"user_id": "u1", "k": 101}, 422, "k"),
+    ({"user_id": "", "k": 5}, 422, "user_id"),
+    ({"user_id": " padded", "k": 5}, 422, "user_id"),
+    ({"user_id": "u1", "task": "explain"}, 422, "task"),
+    ({"user_id": "u1", "history": ["x"] * 201}, 422, "history"),
+    ({"user_id": "u1", "task": "direct"}, 422, "candidates"),
+    ({"user_id": "u1", "task": "direct", "candidates": ["no-such-item"]}, 422, "candidates"),
+    ({"user_id": "u1", "candidates": []}, 422, "candidates"),
+    ({"user_id": "u1", "surprise": 1}, 422, "surprise"),
+    ({"k": 5}, 422, "user_id"),
+])
+def test_bad_input_gets_a_4xx_naming_the_field(served, body, status, field):
+    got = requests.post(f"{served}/v1/recommend", json=body, timeout=60)
+    assert got.status_code == status, got.text
+    assert field in got.text
+
+
+def test_body_size_and_malformed_json_are_client_errors(served):
+    huge = requests.post(f"{served}/v1/recommend", data=b"{" + b" " * 70_000 + b"}",
+                         headers={"content-type": "application/json"}, timeout=60)
+    assert huge.status_code == 413 and "body" in huge.text
+    broken = requests.post(f"{served}/v1/recommend", data=b"{not json", headers={"content-type": "application/json"},
+                           timeout=60)
+    assert broken.status_code == 422
