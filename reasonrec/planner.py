@@ -168,7 +168,7 @@ class Planner:
         fixed = {"tools-only": "vote", "vlm-only": "vlm", "vlm+tools-always": "aggregate"}
         if mode in fixed:
             return np.full(len(routes), fixed[mode], dtype=object)
-        low = np.array([self.policy(t).low for t in task], dtype=object) if len(task) else np.zeros(0, object)
+        low = self._per_task(task, lambda t: self.policy(t).low).astype(object)
         return np.select([routes == "low", routes == "medium"], [low, "vlm"], "aggregate").astype(object)
 
     def needs_vlm(self, mode: str, routes: np.ndarray) -> np.ndarray:
@@ -189,7 +189,7 @@ class Planner:
                vote: np.ndarray, vlm: np.ndarray, confidence: np.ndarray, tool_confidence: np.ndarray) -> Decision:
         """``confidence``: the VLM's (NaN where not asked); ``tool_confidence``: the primary tool's own."""
         path = self.paths_before_vlm(mode, task, routes)
-        kappa = np.array([self.policy(t).kappa for t in task]) if len(task) else np.zeros(0)
+        kappa = self._per_task(task, lambda t: self.policy(t).kappa).astype(np.float64)
         escalated = (mode == "planner") & (routes == "medium") & (np.nan_to_num(confidence, nan=0.0) < kappa)
         path = np.where(escalated, "aggregate", path).astype(object)
         rows, n = vote.shape
@@ -227,7 +227,15 @@ class Planner:
         missing = {self.primary.get(t) for t in np.unique(task)} - set(self.tools)
         if missing:
             raise ValueError(f"primary tool(s) {sorted(map(str, missing))} are not among the consulted tools {self.tools}")
-        return np.array([self.tools.index(self.primary[t]) for t in task], dtype=np.int64)
+        return self._per_task(task, lambda t: self.tools.index(self.primary[t])).astype(np.int64)
+
+    @staticmethod
+    def _per_task(task: np.ndarray, value) -> np.ndarray:
+        """``value(task)`` for every row, computed once per distinct task."""
+        if not len(task):
+            return np.zeros(0, dtype=object)
+        names, inverse = np.unique(np.asarray(task, dtype=str), return_inverse=True)
+        return np.array([value(n) for n in names], dtype=object)[inverse.reshape(-1)]
 
     # -- persistence: the ``planner`` section of the bundle manifest
     def to_dict(self) -> dict:

@@ -135,14 +135,15 @@ def fit_task(table: pa.Table, target: np.ndarray, bundle, config: FitPlannerConf
     planner = make_planner(bundle, score)
     n, tools = score.shortlist, planner.tools
     rows = table.num_rows
-    shortlist = padded(table.column("pool"), n, fill=-1, to=planner_vocab(bundle).index)[:, :n]
+    vocab = planner_vocab(bundle)
+    shortlist = padded(table.column("pool"), n, fill=-1, to=vocab.index)
     tool_scores = np.nan_to_num(padded(table.column("tool_scores"), len(tools) * n).reshape(rows, len(tools), n)
                                 .transpose(1, 0, 2), nan=-np.inf)
     vote = padded(table.column("pool_scores"), n, fill=-np.inf)
     vlm = padded(table.column("vlm_scores"), n)
     confidence = pc.fill_null(table.column("vlm_confidence"), np.nan).to_numpy(zero_copy_only=False)
     horizon = table.column("horizon").to_numpy(zero_copy_only=False).astype(np.float64)
-    positive = shortlist == planner_vocab(bundle).index(target)[:, None]
+    positive = shortlist == vocab.index(target)[:, None]
     inside = positive.any(axis=1)
     x = Aggregator.features(tool_scores, vote, vlm, confidence, horizon)[inside]
     valid = np.isfinite(tool_scores[0][inside])
