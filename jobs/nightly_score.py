@@ -81,22 +81,23 @@ def run(args, config=None, log=print) -> dict:
 
     if not ray.is_initialized():
         ray.init()  # joins RAY_ADDRESS when set (ray job submit), else starts a local instance
+    cpu_only = {"resources": dict(config.cpu_actor_resources)} if config.cpu_actor_resources else {}
     ds = ray.data.read_datasource(RequestShards(shards, shard_rows), override_num_blocks=len(shards),
                                   num_cpus=config.io_cpus)
     ds = ds.map_batches(HorizonActor, fn_constructor_kwargs={"bundle_uri": bundle_uri, "config": config},
                         batch_size=config.horizon_batch_size, batch_format="pyarrow",
-                        compute=ActorPoolStrategy(size=1), num_cpus=config.horizon_actor_cpus)
+                        compute=ActorPoolStrategy(size=1), num_cpus=config.horizon_actor_cpus, **cpu_only)
     ds = ds.map_batches(ToolActor, fn_constructor_kwargs={"bundle_uri": bundle_uri, "config": config},
                         batch_size=config.batch_size, batch_format="pyarrow",
                         compute=ActorPoolStrategy(size=config.tool_actors),
-                        num_cpus=config.tool_actor_cpus)
+                        num_cpus=config.tool_actor_cpus, **cpu_only)
     if config.mode != "tools-only":
         ds = ds.map_batches(VLMActor, fn_constructor_kwargs={"bundle_uri": bundle_uri, "config": config},
                             batch_size=config.vlm_batch_size, batch_format="pyarrow",
                             compute=ActorPoolStrategy(size=config.vlm_actors), **actor_resources(config.deliberator))
     ds = ds.map_batches(PlannerActor, fn_constructor_kwargs={"bundle_uri": bundle_uri, "config": config},
                         batch_size=config.batch_size, batch_format="pyarrow",
-                        compute=ActorPoolStrategy(size=1), num_cpus=config.planner_cpus)
+                        compute=ActorPoolStrategy(size=1), num_cpus=config.planner_cpus, **cpu_only)
     sink = ResultsDatasink(run, rows_in, header={
         "requests": storage.absolute(args.requests), "bundle": bundle_uri, "bundle_version": bundle.version,
         "shards": len(shards), "mode": config.mode, "config": dataclasses.asdict(config)})

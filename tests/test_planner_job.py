@@ -161,7 +161,8 @@ def test_report_command_line(mode_runs, synthetic_data, tmp_path, capsys):
 
 
 def test_multinode_vlm_actors_run_on_the_gpu_node_and_tools_elsewhere(routed_bundle_uri, requests_uri):
-    """A head, a CPU worker and a worker advertising a GPU (ray.cluster_utils.Cluster, in its own process)."""
+    """A head, a CPU worker (advertising the custom resource "cpu_worker") and a worker advertising a GPU
+    (ray.cluster_utils.Cluster, in its own process)."""
     import json
     import os
     import subprocess
@@ -177,4 +178,5 @@ def test_multinode_vlm_actors_run_on_the_gpu_node_and_tools_elsewhere(routed_bun
     nodes, placed = found["nodes"], found["placed"]
     assert found["rows_out"] == ROWS and found["vlm_calls"] > 0
     assert placed["VLMActor"] == [nodes["gpu"]]
-    assert placed["ToolActor"] and nodes["gpu"] not in placed["ToolActor"]
+    for kind in ("HorizonActor", "ToolActor", "PlannerActor"):  # they ask for the CPU nodes' "cpu_worker"
+        assert placed[kind] == [nodes["cpu"]], (kind, placed)

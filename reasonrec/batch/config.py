@@ -33,6 +33,9 @@ class ScoreConfig:
     io_cpus: float = 0.25  # shard reads and result writes
     torch_threads: int = 2  # per tool actor: keep actors x threads = the cores they share
     planner_cpus: float = 0.25
+    # Custom resources every CPU actor (horizon, tools, planner) asks for, e.g. {"cpu_worker": 0.01} on a cluster
+    # whose CPU nodes advertise "cpu_worker" (cluster/aws.yaml): it keeps them off GPU nodes. Ray only prefers that.
+    cpu_actor_resources: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if self.mode not in MODES:

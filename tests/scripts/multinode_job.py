@@ -21,12 +21,12 @@ def main() -> None:
 
     bundle, requests, output = sys.argv[1:4]
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cpu_node = cluster.add_node(num_cpus=2)
+    cpu_node = cluster.add_node(num_cpus=2, resources={"cpu_worker": 100})
     gpu_node = cluster.add_node(num_cpus=2, num_gpus=1)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
     try:
-        config = ScoreConfig(batch_size=64, shortlist=8, mode="planner",
+        config = ScoreConfig(batch_size=64, shortlist=8, mode="planner", cpu_actor_resources={"cpu_worker": 1},
                              deliberator=DeliberatorConfig(backend="transformers", batch_size=16))
         manifest = run(argparse.Namespace(requests=requests, bundle=bundle, output=output, run_date="2026-11-28",
                                           force=True), dataclasses.replace(config), log=lambda *_: None)
