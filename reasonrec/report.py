@@ -42,13 +42,15 @@ def _np(column) -> np.ndarray:
     return column.to_numpy(zero_copy_only=False)
 
 
-def target_ranks(results: pa.Table, data, split: str) -> np.ndarray:
-    from reasonrec.evaluate import ranks_from_results
+def target_items(data, split: str, users: np.ndarray) -> np.ndarray:
+    """Each user's held-out item of ``split`` (vectorised lookup)."""
+    from reasonrec.data.vocab import Vocab
 
     targets = data.table(split)
-    target_of = dict(zip(targets.column("user_id").to_pylist(), targets.column("item_id").to_pylist()))
-    users = _np(results.column("user_id"))
-    return ranks_from_results(results, users, np.array([target_of[u] for u in users], dtype=object))
+    row = Vocab(_np(targets.column("user_id"))).index(users)
+    if (row < 0).any():
+        raise ValueError(f"{int((row < 0).sum())} answered user(s) have no {split} target, e.g. {users[row < 0][0]!r}")
+    return _np(targets.column("item_id")).astype(object)[row]
 
 
 def route_table(results: pa.Table) -> list[dict]:
@@ -201,8 +203,12 @@ def write_report(run_uris: list[str], data_uri: str, out: str | None, config: Re
     for task in tasks:
         section = {"modes": {}, "routes": {}, "agreement": {}, "cold_start": {}}
         for mode, (manifest, results) in runs.items():
+            from reasonrec.evaluate import ranks_from_results
+
             rows = results.filter(pc.equal(results.column("task"), task))
-            ranks = target_ranks(rows, data, config.split)
+            users = _np(rows.column("user_id")).astype(object)
+            target = target_items(data, config.split, users)
+            ranks = ranks_from_results(rows, users, target)
             vlm = _np(rows.column("vlm_called")).astype(bool)
             tools = _np(pc.fill_null(pc.list_value_length(rows.column("tools")), 0))
             section["modes"][mode] = {
@@ -212,10 +218,7 @@ def write_report(run_uris: list[str], data_uri: str, out: str | None, config: Re
                 "latency_mean_ms": float(_np(rows.column("latency_ms")).mean()),
                 "users_per_s": manifest["users_per_s"], "run": f"{manifest['output']} ({manifest['run_id']})"}
             section["routes"][mode] = route_table(rows)
-            target = data.table(config.split)
-            target_of = dict(zip(target.column("user_id").to_pylist(), target.column("item_id").to_pylist()))
-            section["agreement"][mode] = agreement_table(
-                rows, np.array([target_of[u] for u in rows.column("user_id").to_pylist()], dtype=object))
+            section["agreement"][mode] = agreement_table(rows, target)
             section["cold_start"][mode] = cold_start(rows, ranks, data, config.groups)
         any_rows = next(iter(runs.values()))[1]
         section["single_tools"] = single_tools(data, bundle, any_rows.filter(pc.equal(any_rows.column("task"), task)),

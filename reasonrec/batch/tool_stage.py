@@ -78,12 +78,12 @@ class ToolStage:
         rows = batch.num_rows
         columns = {
             "pool": _lists(pool, torch.isfinite(pool_scores), self.vocab),
-            "pool_scores": _float_lists(pool_scores, torch.isfinite(pool_scores)),
+            "pool_scores": _lists(pool_scores, torch.isfinite(pool_scores)),
             "tool_scores": pa.FixedSizeListArray.from_arrays(
                 pa.array(tool_scores.permute(1, 0, 2).reshape(-1).numpy(), pa.float32()), len(raw) * n).cast(
                 pa.list_(pa.float32())),
             "primary_items": _lists(primary_items, _within_k(primary_values, k), self.vocab),
-            "primary_scores": _float_lists(primary_values, _within_k(primary_values, k)),
+            "primary_scores": _lists(primary_values, _within_k(primary_values, k)),
             "tool_confidence": pa.array(confidence.numpy(), pa.float32()),
             "latency_ms": pa.array(np.full(rows, latency_ms), pa.float32()),
         }
@@ -105,14 +105,12 @@ def _within_k(values: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return (torch.arange(values.shape[1])[None, :] < k[:, None]) & torch.isfinite(values)
 
 
-def _lists(items: torch.Tensor, keep: torch.Tensor, vocab: Vocab) -> pa.ListArray:
+def _lists(matrix: torch.Tensor, keep: torch.Tensor, vocab: Vocab | None = None) -> pa.ListArray:
+    """The kept entries of each row as a list: item ids (with ``vocab``) or float32 scores."""
     offsets = np.concatenate([[0], np.cumsum(keep.sum(dim=1).numpy())])
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(vocab.lookup(items[keep].numpy()), pa.string()))
-
-
-def _float_lists(values: torch.Tensor, keep: torch.Tensor) -> pa.ListArray:
-    offsets = np.concatenate([[0], np.cumsum(keep.sum(dim=1).numpy())])
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values[keep].numpy(), pa.float32()))
+    kept = matrix[keep].numpy()
+    values = pa.array(vocab.lookup(kept), pa.string()) if vocab else pa.array(kept, pa.float32())
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
 
 
 def _candidate_matrix(candidates: pa.ChunkedArray, vocab: Vocab) -> torch.Tensor:
