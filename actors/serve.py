@@ -8,55 +8,70 @@ bundle and request.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pyarrow as pa
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 
 from reasonrec.batch.config import ScoreConfig, make_planner
-from reasonrec.batch.horizon_stage import HorizonStage
 from reasonrec.batch.planner_stage import PlannerStage
-from reasonrec.batch.tool_stage import ToolStage
 from reasonrec.batch.vlm_stage import VLMStage
 from reasonrec.bundle import Bundle
 from reasonrec.serve.api import MAX_BODY_BYTES, RecommendRequest, RecommendResponse, ServeConfig
-from reasonrec.serve.recommender import Histories, request_rows, response, split_rows
+from reasonrec.serve.recommender import Histories, ToolAnswerer, in_order, renumbered, responses
 
 api = FastAPI(title="ReasonRec", version="0.1.0",
               description="Recommendations from the risk-aware planner: tools, VLM, or both, by evidence horizon.")
 
 
-@api.middleware("http")
-async def limit_body(request: Request, call_next):
-    size = request.headers.get("content-length")
-    if size is not None and (not size.isdigit() or int(size) > MAX_BODY_BYTES):
-        return JSONResponse({"detail": f"body: larger than {MAX_BODY_BYTES} bytes"}, status_code=413)
-    return await call_next(request)
+class BodyLimit:
+    """Refuse a body over MAX_BODY_BYTES before it is read (plain ASGI: Starlette's BaseHTTPMiddleware costs a task
+    per request)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
+            size = dict(scope["headers"]).get(b"content-length")
+            if size is None:
+                return await JSONResponse({"detail": "body: Content-Length required"}, status_code=411)(
+                    scope, receive, send)
+            if not size.isdigit() or int(size) > MAX_BODY_BYTES:
+                return await JSONResponse({"detail": f"body: larger than {MAX_BODY_BYTES} bytes"}, status_code=413)(
+                    scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+api.add_middleware(BodyLimit)
 
 
 @serve.deployment
 class ToolScorer:
     def __init__(self, bundle_uri: str, config: ScoreConfig, batch_size: int, wait_s: float):
-        bundle = Bundle(bundle_uri)
-        self.horizon, self.tools = HorizonStage(bundle, config), ToolStage(bundle, config)
-        self.score.set_max_batch_size(batch_size)
-        self.score.set_batch_wait_timeout_s(wait_s)
+        self.answer = ToolAnswerer(Bundle(bundle_uri), config)
+        self.recommend.set_max_batch_size(batch_size)
+        self.recommend.set_batch_wait_timeout_s(wait_s)
 
     @serve.batch
-    async def score(self, rows: list[pa.Table]) -> list[pa.Table]:
-        return split_rows(self.tools(self.horizon(pa.concat_tables(rows))))
+    async def recommend(self, requests: list[dict]) -> list[dict | pa.Table]:
+        return self.answer(requests)
 
 
 @serve.deployment
 class Deliberator:
     def __init__(self, bundle_uri: str, config: ScoreConfig, batch_size: int, wait_s: float):
-        self.stage = VLMStage(Bundle(bundle_uri), config)
+        bundle = Bundle(bundle_uri)
+        self.stage, self.decide = VLMStage(bundle, config), PlannerStage(bundle, config)
         self.deliberate.set_max_batch_size(batch_size)
         self.deliberate.set_batch_wait_timeout_s(wait_s)
 
     @serve.batch
-    async def deliberate(self, rows: list[pa.Table]) -> list[pa.Table]:
-        return split_rows(self.stage(pa.concat_tables(rows)))
+    async def deliberate(self, rows: list[pa.Table]) -> list[dict]:
+        return responses(in_order(self.decide(self.stage(renumbered(rows)))))
 
 
 @serve.deployment
@@ -65,8 +80,7 @@ class Ingress:
     def __init__(self, tools, deliberator, bundle_uri: str, config: ScoreConfig):
         bundle = Bundle(bundle_uri)
         self.tools, self.deliberator, self.config = tools, deliberator, config
-        self.planner, self.decide = make_planner(bundle, config), PlannerStage(bundle, config)
-        self.version = bundle.version
+        self.version, self.tool_names = bundle.version, make_planner(bundle, config).tools
         self.histories = Histories(bundle.manifest.get("data", {}).get("uri"))
 
     @api.get("/healthz")
@@ -75,18 +89,20 @@ class Ingress:
 
     @api.get("/v1/bundle")
     def bundle(self) -> dict:
-        return {"version": self.version, "mode": self.config.mode, "tools": self.planner.tools}
+        return {"version": self.version, "mode": self.config.mode, "tools": self.tool_names}
 
     @api.post("/v1/recommend", response_model=RecommendResponse)
-    async def recommend(self, body: RecommendRequest) -> RecommendResponse:
-        history = body.history if body.history is not None else self.histories.get(body.user_id)
-        row = await self.tools.score.remote(request_rows(body, history))
-        error = row.column("error")[0].as_py()
-        if error is not None:  # the job's validator named the field: a client mistake
-            raise HTTPException(status_code=422, detail=error)
-        if self.planner.needs_vlm(self.config.mode, row.column("route").to_numpy(zero_copy_only=False))[0]:
-            row = await self.deliberator.deliberate.remote(row)
-        return response(self.decide(row))
+    async def recommend(self, body: RecommendRequest) -> Response:
+        request = body.model_dump()
+        if body.history is None:
+            request["history"] = self.histories.get(body.user_id)
+        answer = await self.tools.recommend.remote(request)
+        if isinstance(answer, pa.Table):  # the planner sends this row to the VLM
+            answer = await self.deliberator.deliberate.remote(answer)
+        if "error" in answer:  # the job's validator named the field: a client mistake
+            raise HTTPException(status_code=422, detail=answer["error"])
+        # Built by the job's own planner stage to the response schema: skip FastAPI's second validation pass.
+        return Response(json.dumps(answer), media_type="application/json")
 
 
 def build(config: ServeConfig, bundle_uri: str):
@@ -94,14 +110,19 @@ def build(config: ServeConfig, bundle_uri: str):
     from reasonrec.batch.config import check_bundle
 
     check_bundle(Bundle(bundle_uri), config.score)
+    score = dataclasses.replace(config.score, torch_threads=config.torch_threads)
     cpu = {"num_cpus": config.cpus_per_replica}
-    tools = ToolScorer.options(ray_actor_options=cpu, autoscaling_config=config.tool_replicas).bind(
-        bundle_uri, config.score, config.tool_batch_size, config.tool_batch_wait_s)
+    # A batching replica must take more requests at once than it batches, or Serve's default cap (5) is the batch.
+    tools = ToolScorer.options(ray_actor_options=cpu, autoscaling_config=config.tool_replicas,
+                               max_ongoing_requests=2 * config.tool_batch_size).bind(
+        bundle_uri, score, config.tool_batch_size, config.tool_batch_wait_s)
     deliberator = Deliberator.options(
-        ray_actor_options=_vlm_resources(config), autoscaling_config=config.vlm_replicas).bind(
-        bundle_uri, config.score, config.vlm_batch_size, config.vlm_batch_wait_s)
-    return Ingress.options(ray_actor_options=cpu, autoscaling_config=config.ingress_replicas).bind(
-        tools, deliberator, bundle_uri, config.score)
+        ray_actor_options=_vlm_resources(config), autoscaling_config=config.vlm_replicas,
+        max_ongoing_requests=2 * config.vlm_batch_size).bind(
+        bundle_uri, score, config.vlm_batch_size, config.vlm_batch_wait_s)
+    return Ingress.options(ray_actor_options=cpu, autoscaling_config=config.ingress_replicas,
+                           max_ongoing_requests=config.ingress_max_ongoing).bind(
+        tools, deliberator, bundle_uri, score)
 
 
 def _vlm_resources(config: ServeConfig) -> dict:

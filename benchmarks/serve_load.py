@@ -3,20 +3,26 @@
     python benchmarks/serve_load.py --bundle demo_output/bundle --data demo_output/data [--requests 1000]
                                     [--concurrency 8] [--rate 100] [--plan 0.3,0.7,0.1,tool]
 
-Starts the app (`reasonrec serve`'s code) on 127.0.0.1, then sends a fixed number of requests at a fixed
+Starts on 127.0.0.1 first a no-op app of the same shape (the floor: what Serve itself costs here), then the
+app (`reasonrec serve`'s code), and sends to each a fixed number of requests at a fixed
 concurrency (optionally paced to ``--rate`` req/s) for two kinds of users of the test split: those the fitted
 planner answers with the tools (route low) and those it sends to the VLM. Latency is measured at the client.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import http.client
+import json
+import os
 import socket
 import tempfile
+import threading
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import requests
 
 
 def free_port() -> int:
@@ -26,15 +32,24 @@ def free_port() -> int:
 
 
 def load(url: str, bodies: list[dict], concurrency: int, rate: float | None) -> dict:
-    session = requests.Session()
+    """Latencies of POSTing every body (one keep-alive connection per client thread: a lean client leaves the
+    cores to the server)."""
+    address = urllib.parse.urlsplit(url)
+    local = threading.local()
+    payloads = [json.dumps(b).encode() for b in bodies]
     start = time.perf_counter()
 
     def one(i: int) -> float:
         if rate:  # pace request i to start at i / rate seconds
             time.sleep(max(0.0, start + i / rate - time.perf_counter()))
+        if not hasattr(local, "connection"):
+            local.connection = http.client.HTTPConnection(address.hostname, address.port, timeout=120)
         t = time.perf_counter()
-        reply = session.post(url, json=bodies[i % len(bodies)], timeout=120)
-        reply.raise_for_status()
+        local.connection.request("POST", address.path, payloads[i], {"Content-Type": "application/json"})
+        reply = local.connection.getresponse()
+        body = reply.read()
+        if reply.status != 200:
+            raise RuntimeError(f"HTTP {reply.status}: {body[:300]!r}")
         return 1000 * (time.perf_counter() - t)
 
     with ThreadPoolExecutor(concurrency) as pool:
@@ -42,6 +57,34 @@ def load(url: str, bodies: list[dict], concurrency: int, rate: float | None) -> 
     seconds = time.perf_counter() - start
     return {"requests": len(bodies), "req_per_s": len(bodies) / seconds, "p50_ms": float(np.percentile(latencies, 50)),
             "p99_ms": float(np.percentile(latencies, 99))}
+
+
+def floor_app(batch_size: int, wait_s: float):
+    """The app's shape with no work: a FastAPI ingress calling a batching deployment through a handle. Its
+    latency is what Serve itself costs on this machine, the floor under any app of this shape."""
+    from fastapi import FastAPI
+    from fastapi.responses import Response
+    from ray import serve
+
+    api = FastAPI()
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=2 * batch_size)
+    class Echo:
+        @serve.batch(max_batch_size=batch_size, batch_wait_timeout_s=wait_s)
+        async def recommend(self, requests: list[dict]) -> list[dict]:
+            return requests
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
+    @serve.ingress(api)
+    class Ingress:
+        def __init__(self, echo):
+            self.echo = echo
+
+        @api.post("/v1/recommend")
+        async def recommend(self, body: dict) -> Response:
+            return Response(json.dumps(await self.echo.recommend.remote(body)), media_type="application/json")
+
+    return Ingress.bind(Echo.bind())
 
 
 def main() -> None:
@@ -65,6 +108,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rate", type=float, default=100.0, help="paced arrivals, req/s (0: as fast as possible)")
     parser.add_argument("--backend", default="auto", choices=("auto", "transformers", "vllm"))
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="fixed replicas per deployment (0: ServeConfig's autoscaling); 1 fits 2 cores")
+    parser.add_argument("--batch-wait", type=float, help="tool_batch_wait_s (default: ServeConfig's)")
     parser.add_argument("--plan", help="tau_low,tau_high,kappa,low: serve a copy of the bundle with this plan")
     args = parser.parse_args()
 
@@ -87,23 +133,42 @@ def main() -> None:
     ray.init(include_dashboard=False, log_to_driver=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build(ServeConfig(score=score, port=port), args.bundle), name="reasonrec", route_prefix="/")
+    config = ServeConfig(score=score, port=port)
+    if args.batch_wait is not None:
+        config = dataclasses.replace(config, tool_batch_wait_s=args.batch_wait)
+    if args.replicas:
+        fixed = {"min_replicas": args.replicas, "max_replicas": args.replicas}
+        config = dataclasses.replace(config, ingress_replicas=fixed, tool_replicas=fixed, vlm_replicas=fixed)
     url = f"http://127.0.0.1:{port}/v1/recommend"
+    rows = []
+    if bodies["tools (route low)"]:
+        serve.run(floor_app(config.tool_batch_size, config.tool_batch_wait_s), name="floor", route_prefix="/")
+        pool = _repeat(bodies["tools (route low)"], args.requests)
+        load(url, pool[:20], args.concurrency, None)
+        rows.append(("floor (no-op app)", load(url, pool, args.concurrency, args.rate or None)))
+        serve.delete("floor")
+    serve.run(build(config, args.bundle), name="reasonrec", route_prefix="/")
     print(f"app up on {url}; {len(bodies['tools (route low)'])} route-low and "
           f"{len(bodies['VLM (route medium/high)'])} VLM-routed test users")
-    rows = []
     for kind, count in (("tools (route low)", args.requests), ("VLM (route medium/high)", args.vlm_requests)):
         if not bodies[kind]:
             print(f"{kind}: no such users under the bundle's fitted plan")
             continue
-        pool = (bodies[kind] * (count // len(bodies[kind]) + 1))[:count]
+        pool = _repeat(bodies[kind], count)
         load(url, pool[:20], args.concurrency, None)  # warm-up: model loads, first batches
         rows.append((kind, load(url, pool, args.concurrency, args.rate or None)))
     serve.shutdown()
-    print(f"\nconcurrency {args.concurrency}, paced at {args.rate or 'max'} req/s, loopback, 2 cores")
+    print(f"\nconcurrency {args.concurrency}, paced at {args.rate or 'max'} req/s, loopback, "
+          f"{os.cpu_count()} cores, replicas {args.replicas or 'autoscaled'}")
     print(f"{'requests':>24} {'n':>6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    floor = dict(rows).get("floor (no-op app)")
     for kind, r in rows:
-        print(f"{kind:>24} {r['requests']:6d} {r['req_per_s']:8.1f} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f}")
+        ratio = f"  x{r['p50_ms'] / floor['p50_ms']:.1f} / x{r['p99_ms'] / floor['p99_ms']:.1f} the floor" if floor else ""
+        print(f"{kind:>24} {r['requests']:6d} {r['req_per_s']:8.1f} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f}{ratio}")
+
+
+def _repeat(bodies: list[dict], count: int) -> list[dict]:
+    return (bodies * (count // len(bodies) + 1))[:count]
 
 
 if __name__ == "__main__":

@@ -157,3 +157,28 @@ def test_openapi_fuzz_finds_no_5xx(served):
     print(f"fuzz: {len(calls)} calls, status codes {sorted({c[2] for c in calls})}")
     assert len(calls) >= 2 * FUZZ_EXAMPLES and not server_errors, server_errors[:3]
     assert any(c[2] == 422 for c in calls) and any(c[2] == 200 and "recommend" in c[0] for c in calls)
+
+
+def test_a_mixed_batch_answers_each_request_in_its_own_slot(routed_bundle_uri, parity_requests):
+    """The stages group rows (rejected first, then by task); a batch of the tool replica must still hand each caller
+    its own answer, the same as when it comes alone."""
+    from reasonrec.bundle import Bundle
+    from reasonrec.serve.recommender import ToolAnswerer
+
+    answer = ToolAnswerer(Bundle(routed_bundle_uri), PLANNER_SCORE)
+    rows = parity_requests.to_pylist()
+    bad = dict(rows[1], task="direct", candidates=["no-such-item"])
+    batch = [rows[-1], bad, rows[0], rows[PARITY_USERS // 2 - 1], rows[2]]  # direct, rejected, sequential, cold
+    together = answer(batch)
+    alone = [answer([request])[0] for request in batch]
+
+    def key(reply):
+        return reply.to_pylist()[0]["user_id"] if isinstance(reply, pa.Table) else reply
+
+    assert [key(a) for a in together] == [key(a) for a in alone]
+    assert "candidates" in together[1]["error"]
+    for request, reply in zip(batch, together):
+        if request is not bad:
+            got = reply.to_pylist()[0] if isinstance(reply, pa.Table) else reply
+            assert (got["user_id"], got["task"]) == (request["user_id"], request["task"])
+    assert any(isinstance(a, pa.Table) for a in together) and any(isinstance(a, dict) for a in together)

@@ -15,7 +15,9 @@ class Vocab:
     def __init__(self, ids, offset: int = 0):
         self.ids = np.asarray(ids, dtype=object)
         self.offset = offset
-        self._index = pd.Index(self.ids)
+        # object dtype on both sides: pandas 3 would otherwise infer (and convert every lookup to) arrow strings,
+        # which costs 4x per call.
+        self._index = pd.Index(self.ids, dtype=object)
         if not self._index.is_unique:
             dup = self._index[self._index.duplicated()][0]
             raise ValueError(f"duplicate id {dup!r} in vocabulary")
@@ -26,7 +28,7 @@ class Vocab:
     def index(self, values) -> np.ndarray:
         if isinstance(values, (pa.Array, pa.ChunkedArray)):
             values = values.to_numpy(zero_copy_only=False)
-        pos = self._index.get_indexer(np.asarray(values, dtype=object))
+        pos = self._index.get_indexer(pd.Index(np.asarray(values, dtype=object), dtype=object, copy=False))
         return np.where(pos >= 0, pos + self.offset, -1).astype(np.int64)
 
     def lookup(self, indices: np.ndarray) -> np.ndarray:

@@ -56,7 +56,12 @@ class ServeConfig:
     tool_batch_wait_s: float = 0.005
     vlm_batch_size: int = 16
     vlm_batch_wait_s: float = 0.02
+    # Serve autoscaling configs; a batching deployment counts a batch's requests as ongoing at once.
     ingress_replicas: dict = dataclasses.field(default_factory=lambda: {"min_replicas": 1, "max_replicas": 2})
-    tool_replicas: dict = dataclasses.field(default_factory=lambda: {"min_replicas": 1, "max_replicas": 4})
-    vlm_replicas: dict = dataclasses.field(default_factory=lambda: {"min_replicas": 1, "max_replicas": 2})
+    tool_replicas: dict = dataclasses.field(default_factory=lambda: {
+        "min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 16})
+    vlm_replicas: dict = dataclasses.field(default_factory=lambda: {
+        "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 8})
+    ingress_max_ongoing: int = 64  # requests one ingress replica holds at once (Serve's default is 5)
     cpus_per_replica: float = 0.25
+    torch_threads: int = 1  # per replica: replicas share the node's cores, one thread each avoids oversubscription

@@ -3,11 +3,19 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from reasonrec.batch.config import ScoreConfig
+from reasonrec.batch.horizon_stage import HorizonStage
+from reasonrec.batch.planner_stage import PlannerStage
 from reasonrec.batch.requests import conform
+from reasonrec.batch.tool_stage import ToolStage
+from reasonrec.bundle import Bundle
 from reasonrec.data import schemas
 from reasonrec.data.vocab import Vocab
-from reasonrec.serve.api import RecommendRequest, RecommendResponse, ScoredItem
+
+RESPONSE_COLUMNS = ["user_id", "task", "route", "path", "horizon", "confidence", "tools", "trace", "model_version",
+                    "ranked", "error"]
 
 
 class Histories:
@@ -30,20 +38,51 @@ class Histories:
         return self._items[self._offsets[row]:self._offsets[row + 1]].tolist()
 
 
-def request_rows(request: RecommendRequest, history: list[str] | None) -> pa.Table:
-    """One request as the stream rows the job's stages take (same validation, same quarantine reasons)."""
-    table = pa.table({"user_id": [request.user_id], "task": [request.task], "candidates": [request.candidates],
-                      "k": [request.k], "history": [history]}, schema=schemas.REQUESTS)
-    return conform(table, "serve")
+class ToolAnswerer:
+    """The tool replica's work: horizon, every consulted tool and, for rows the planner answers without the VLM,
+    the decision, so that a route-low request makes one hop from the ingress and back."""
+
+    def __init__(self, bundle: Bundle, config: ScoreConfig):
+        self.horizon, self.tools = HorizonStage(bundle, config), ToolStage(bundle, config)
+        self.decide = PlannerStage(bundle, config)
+        self.mode = config.mode
+
+    def __call__(self, requests: list[dict]) -> list[dict | pa.Table]:
+        """Each request's response body, or (for a row the planner sends to the VLM) its signal row."""
+        rows = in_order(self.tools(self.horizon(request_table(requests))))
+        route = rows.column("route").to_numpy(zero_copy_only=False)
+        to_vlm = rows.column("error").is_null().to_numpy(zero_copy_only=False) & self.decide.planner.needs_vlm(
+            self.mode, route)
+        answers = iter(responses(in_order(self.decide(rows.filter(pa.array(~to_vlm))))))
+        return [rows.slice(i, 1) if vlm else next(answers) for i, vlm in enumerate(to_vlm)]
 
 
-def split_rows(table: pa.Table) -> list[pa.Table]:
-    return [table.slice(i, 1) for i in range(table.num_rows)]
+def request_table(requests: list[dict]) -> pa.Table:
+    """Requests (RecommendRequest fields, history resolved) as the stream rows the job's stages take: same
+    validation, same quarantine reasons; column ``row`` is each request's position."""
+    return conform(pa.Table.from_pylist(requests, schema=schemas.REQUESTS), "serve")
 
 
-def response(row: pa.Table) -> RecommendResponse:
-    r = row.to_pylist()[0]
-    return RecommendResponse(
-        user_id=r["user_id"], task=r["task"], route=r["route"], path=r["path"], horizon=float(r["horizon"]),
-        confidence=float(np.nan_to_num(r["confidence"])), tools=r["tools"] or [], trace=r["trace"],
-        model_version=r["model_version"], items=[ScoredItem(**x) for x in r["ranked"] or []])
+def in_order(table: pa.Table) -> pa.Table:
+    """The stages group rows (rejected first, then by task): put them back in request order."""
+    return table.take(pc.sort_indices(table.column("row")))
+
+
+def renumbered(rows: list[pa.Table]) -> pa.Table:
+    """Rows of several requests as one table, each numbered by its position in ``rows``."""
+    table = pa.concat_tables(rows)
+    return table.set_column(table.schema.get_field_index("row"), "row", pa.array(np.arange(table.num_rows)))
+
+
+def responses(answered: pa.Table) -> list[dict]:
+    """Each answered row (in order) as the ``RecommendResponse`` body, or ``{"error": reason}`` for a rejected one."""
+    out = []
+    for r in answered.select(RESPONSE_COLUMNS).to_pylist():
+        if r["error"] is not None:
+            out.append({"error": r["error"]})
+            continue
+        r.pop("error")
+        r["confidence"] = 0.0 if r["confidence"] is None or np.isnan(r["confidence"]) else r["confidence"]
+        r["tools"], r["items"] = r["tools"] or [], r.pop("ranked") or []
+        out.append(r)
+    return out
