@@ -14,10 +14,14 @@ from reasonrec.batch.requests import STREAM, read_shard
 
 
 class RequestShards(Datasource):
-    def __init__(self, shards: list[str], rows: list[int]):
+    def __init__(self, shards: list[str], rows: list[int], skip: dict | None = None, duplicates: dict | None = None):
+        """``skip``: per shard, rows a resumed run already answered; ``duplicates``: per shard, rows that repeat an
+        earlier (user_id, task) (``requests.duplicate_rows``)."""
         super().__init__()
         self.shards = shards
         self.rows = rows  # per shard, from its footer: lets Ray Data size blocks before reading
+        self.skip = skip or {}
+        self.duplicates = duplicates or {}
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None
@@ -25,11 +29,12 @@ class RequestShards(Datasource):
     def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list[ReadTask]:
         # One task per shard whatever the requested parallelism: a shard is the unit of quarantine.
         return [
-            ReadTask(functools.partial(_read, uri), BlockMetadata(num_rows=rows, size_bytes=None, exec_stats=None,
-                                                                  input_files=[uri]), schema=STREAM)
+            ReadTask(functools.partial(_read, uri, self.skip.get(uri), self.duplicates.get(uri)),
+                     BlockMetadata(num_rows=rows - len(self.skip.get(uri, ())), size_bytes=None, exec_stats=None,
+                                   input_files=[uri]), schema=STREAM)
             for uri, rows in zip(self.shards, self.rows)
         ]
 
 
-def _read(uri: str):
-    yield read_shard(uri)
+def _read(uri: str, skip, duplicates):
+    yield read_shard(uri, skip, duplicates)

@@ -14,13 +14,20 @@ from reasonrec.batch.planner_stage import ANSWERED
 
 
 class ResultsDatasink(Datasink[dict]):
-    def __init__(self, run: commit.Run, rows_in: int, header: dict):
+    def __init__(self, run: commit.Run, rows_in: int, header: dict, reused: list[dict] | None = None,
+                 rows_per_part: int | None = None):
         self.run = run
+        self.rows_per_part = rows_per_part  # the unit a resumed run does not redo
         self.rows_in = rows_in
         self.header = header  # what the manifest records about the inputs and settings
+        self.reused = reused or []  # parts of the interrupted run this one resumes
         self.started = dt.datetime.now(dt.timezone.utc)
         self.clock = time.perf_counter()
         self.manifest: dict | None = None
+
+    @property
+    def min_rows_per_write(self) -> int | None:
+        return self.rows_per_part
 
     def write(self, blocks: Iterable[Block], ctx) -> dict:
         tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
@@ -28,14 +35,5 @@ class ResultsDatasink(Datasink[dict]):
         return commit.write_part(pa.concat_tables(tables) if tables else ANSWERED.empty_table(), self.run)
 
     def on_write_complete(self, write_result) -> None:
-        totals = commit.summarise(write_result.write_returns)
-        if totals["rows_out"] + totals["rows_quarantined"] != self.rows_in:
-            raise RuntimeError(
-                f"row count mismatch: {self.rows_in} in, {totals['rows_out']} out + {totals['rows_quarantined']} "
-                f"quarantined; run {self.run.uri} is not committed")
-        seconds = time.perf_counter() - self.clock
-        self.manifest = commit.commit(self.run, {
-            **self.header, **totals, "rows_in": self.rows_in,
-            "started": self.started.isoformat(), "finished": dt.datetime.now(dt.timezone.utc).isoformat(),
-            "seconds": round(seconds, 3), "users_per_s": round(self.rows_in / max(seconds, 1e-9), 1),
-        })
+        self.manifest = commit.finish(self.run, self.rows_in, self.header, self.reused + write_result.write_returns,
+                                      len(self.reused), self.started, time.perf_counter() - self.clock)

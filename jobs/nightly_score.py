@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as dt
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -66,10 +67,10 @@ def run(args, config=None, log=print) -> dict:
     bundle_uri, output = storage.absolute(args.bundle), storage.absolute(args.output)
     bundle = Bundle(bundle_uri)
     check_bundle(bundle, config)
-    run = commit.Run.new(output, args.run_date)
-    previous = commit.committed_run(output, run.run_date)
+    run_date = commit.Run.new(output, args.run_date).run_date
+    previous = commit.committed_run(output, run_date)
     if previous is not None and not args.force:
-        log(f"run_date={run.run_date} is already committed (run {previous['run_id']}, {previous['rows_out']} "
+        log(f"run_date={run_date} is already committed (run {previous['run_id']}, {previous['rows_out']} "
             f"results, {previous['rows_quarantined']} quarantined): nothing to do; --force rescores it")
         return {**previous, "noop": True}
 
@@ -77,13 +78,26 @@ def run(args, config=None, log=print) -> dict:
     with ThreadPoolExecutor(16) as pool:  # footers only: an independent count of what must come out
         shard_rows = list(pool.map(requests.rows_in_shard, shards))
     rows_in = sum(shard_rows)
+    header = {"requests": storage.absolute(args.requests), "bundle": bundle_uri, "bundle_version": bundle.version,
+              "shards": len(shards), "rows_in": rows_in, "mode": config.mode, "config": dataclasses.asdict(config)}
+    run, reused, done = commit.start(output, run_date, header, force=args.force)
+    skip = _rows_by_shard(done)
+    todo = [(uri, rows) for uri, rows in zip(shards, shard_rows) if len(skip.get(uri, ())) < rows]
     log(f"scoring {rows_in} requests from {len(shards)} shard(s) with bundle {bundle.version} -> {run.uri}")
+    if reused:
+        log(f"resuming run {run.run_id}: {done.num_rows} rows already answered in {len(reused)} parts; "
+            f"{len(todo)} shard(s) left")
+    if not todo:  # the interrupted run wrote everything but its manifest
+        manifest = commit.finish(run, rows_in, header, reused, len(reused), dt.datetime.now(dt.timezone.utc), 0.0)
+        log(summary(manifest))
+        return manifest
+    duplicates = requests.duplicate_rows([uri for uri, _ in todo], tuple(config.primary), config.max_k)
 
     if not ray.is_initialized():
         ray.init()  # joins RAY_ADDRESS when set (ray job submit), else starts a local instance
     cpu_only = {"resources": dict(config.cpu_actor_resources)} if config.cpu_actor_resources else {}
-    ds = ray.data.read_datasource(RequestShards(shards, shard_rows), override_num_blocks=len(shards),
-                                  num_cpus=config.io_cpus)
+    ds = ray.data.read_datasource(RequestShards([u for u, _ in todo], [r for _, r in todo], skip, duplicates),
+                                  override_num_blocks=len(todo), num_cpus=config.io_cpus)
     ds = ds.map_batches(HorizonActor, fn_constructor_kwargs={"bundle_uri": bundle_uri, "config": config},
                         batch_size=config.horizon_batch_size, batch_format="pyarrow",
                         compute=ActorPoolStrategy(size=1), num_cpus=config.horizon_actor_cpus, **cpu_only)
@@ -98,13 +112,43 @@ def run(args, config=None, log=print) -> dict:
     ds = ds.map_batches(PlannerActor, fn_constructor_kwargs={"bundle_uri": bundle_uri, "config": config},
                         batch_size=config.batch_size, batch_format="pyarrow",
                         compute=ActorPoolStrategy(size=1), num_cpus=config.planner_cpus, **cpu_only)
-    sink = ResultsDatasink(run, rows_in, header={
-        "requests": storage.absolute(args.requests), "bundle": bundle_uri, "bundle_version": bundle.version,
-        "shards": len(shards), "mode": config.mode, "config": dataclasses.asdict(config)})
-    ds.write_datasink(sink, ray_remote_args={"num_cpus": config.io_cpus})
+    sink = ResultsDatasink(run, rows_in, header, reused, rows_per_part=config.batch_size)
+    try:
+        ds.write_datasink(sink, ray_remote_args={"num_cpus": config.io_cpus})
+    except Exception as e:
+        cause = _storage_error(e)
+        if cause is None:
+            raise
+        raise RuntimeError(f"storage: {cause} (after retries); nothing was committed (no manifest) under "
+                           f"{run.uri}; rerun the same date to resume") from e
     manifest = sink.manifest
     log(summary(manifest))
     return manifest
+
+
+def _storage_error(error: BaseException) -> OSError | None:
+    """The storage failure (an OSError after the filesystem's retries) behind a job error, if that is what it is."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError):
+            return error
+        error = getattr(error, "cause", None) or error.__cause__ or error.__context__
+    return None
+
+
+def _rows_by_shard(keys) -> dict:
+    """(shard, row) keys as {shard: sorted rows}."""
+    import numpy as np
+
+    out = {}
+    if keys.num_rows:
+        keys = keys.sort_by([("shard", "ascending"), ("row", "ascending")])
+        shards, rows = keys.column("shard").to_numpy(zero_copy_only=False), keys.column("row").to_numpy()
+        starts = np.flatnonzero(np.r_[True, shards[1:] != shards[:-1]])
+        for start, end in zip(starts, np.r_[starts[1:], len(shards)]):
+            out[shards[start]] = rows[start:end]
+    return out
 
 
 def summary(manifest: dict) -> str:
@@ -114,7 +158,8 @@ def summary(manifest: dict) -> str:
     return "\n".join([
         f"== nightly job {manifest['run_date']} (run {manifest['run_id']}, mode {manifest.get('mode')}) committed ==",
         f"rows in {manifest['rows_in']} = results {manifest['rows_out']} + quarantined "
-        f"{manifest['rows_quarantined']}" + (f" ({stages})" if stages else ""),
+        f"{manifest['rows_quarantined']}" + (f" ({stages})" if stages else "")
+        + (f"; resumed: {manifest['resumed']['rows_reused']} rows reused" if manifest.get("resumed") else ""),
         f"routes: {routes}; tool usage {manifest['tool_usage_rate']:.0%}; ms/row by route: {latency}",
         f"VLM calls {manifest['vlm_calls_total']}, tool consultations {manifest['tool_calls_total']}, escalations "
         f"{manifest['escalation_rate']:.1%}, VLM overrides {manifest['override_rate']:.1%}",
@@ -130,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         run(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:
         print(f"nightly_score: error: {e}", file=sys.stderr)
         return 2
     print(f"done in {time.perf_counter() - start:.1f}s")

@@ -6,10 +6,12 @@ moto and AWS all work without code changes. Parquet goes through ``pyarrow.fs``.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import posixpath
+import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -32,9 +34,18 @@ def is_remote(uri: str) -> bool:
     return urlparse(uri).scheme == "s3"
 
 
+DEFAULT_MAX_ATTEMPTS = 8
+
+
 def _s3_filesystem() -> pafs.S3FileSystem:
+    """Credentials are left to the AWS SDK's own chain (variables, config/credentials files, instance roles): they
+    never pass through this code, so they cannot reach a log or a manifest. Throttling, 5xx answers and dropped
+    connections are retried with exponential backoff, ``AWS_MAX_ATTEMPTS`` attempts in all."""
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    kwargs: dict = {"region": os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"}
+    attempts = int(os.environ.get("AWS_MAX_ATTEMPTS") or DEFAULT_MAX_ATTEMPTS)
+    kwargs: dict = {"region": os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1",
+                    "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=attempts),
+                    "connect_timeout": 10, "request_timeout": 60}
     if endpoint:
         parsed = urlparse(endpoint)
         kwargs["endpoint_override"] = parsed.netloc or parsed.path
@@ -71,10 +82,25 @@ def read_bytes(uri: str) -> bytes:
 
 def write_bytes(uri: str, data: bytes) -> None:
     fs, path = resolve(uri)
-    if isinstance(fs, pafs.LocalFileSystem):
-        fs.create_dir(posixpath.dirname(path), recursive=True)
-    with fs.open_output_stream(path) as f:
+    with _complete(fs, path) as target, fs.open_output_stream(target) as f:
         f.write(data)
+
+
+@contextlib.contextmanager
+def _complete(fs: pafs.FileSystem, path: str):
+    """Where to write so that ``path`` appears only complete: an S3 PUT is atomic; a local file is written
+    beside it and renamed (a crash mid-write leaves no half file under the real name)."""
+    if not isinstance(fs, pafs.LocalFileSystem):
+        yield path
+        return
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    partial = f"{path}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        yield partial
+        fs.move(partial, path)
+    finally:
+        if fs.get_file_info(partial).type != pafs.FileType.NotFound:
+            fs.delete_file(partial)
 
 
 def read_json(uri: str):
@@ -92,9 +118,8 @@ def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
 
 def write_parquet(table: pa.Table, uri: str) -> None:
     fs, path = resolve(uri)
-    if isinstance(fs, pafs.LocalFileSystem):
-        fs.create_dir(posixpath.dirname(path), recursive=True)
-    pq.write_table(table, path, filesystem=fs)
+    with _complete(fs, path) as target:
+        pq.write_table(table, target, filesystem=fs)
 
 
 def parquet_bytes(table: pa.Table) -> bytes:

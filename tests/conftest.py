@@ -11,6 +11,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.setdefault("AWS_MAX_ATTEMPTS", "4")  # storage retries (standard AWS variable): keep failing tests short
 
 
 def free_port() -> int:
@@ -20,19 +21,28 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint():
-    """A real S3 HTTP endpoint on 127.0.0.1 (moto's threaded server) with a bucket ``reasonrec-test``."""
+def s3_proxy():
+    """A real S3 HTTP endpoint on 127.0.0.1 (moto's threaded server) with a bucket ``reasonrec-test``, reached
+    through a fault-injecting proxy (transparent until a test gives it a plan: tests/s3_faults.py)."""
     import boto3
     from moto.server import ThreadedMotoServer
+    from s3_faults import FaultProxy
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
-    endpoint = f"http://127.0.0.1:{port}"
+    proxy = FaultProxy(port).start()
+    endpoint = f"http://127.0.0.1:{proxy.port}"
     os.environ["AWS_ENDPOINT_URL"] = endpoint
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="reasonrec-test")
-    yield endpoint
+    yield proxy
+    proxy.stop()
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(s3_proxy):
+    return f"http://127.0.0.1:{s3_proxy.port}"
 
 
 @pytest.fixture(scope="session")

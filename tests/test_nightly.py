@@ -195,13 +195,13 @@ def test_nightly_job_on_s3_commits_quarantines_and_agrees_with_evaluate(ray_sess
     printed = capsys.readouterr().out
     assert "== nightly job 2026-11-27" in printed and "users/s" in printed
     manifest = commit.committed_run(output, "2026-11-27")
-    n_good = table.num_rows + 50
-    assert manifest["rows_in"] == n_good + 100 + 1 + 7
+    n_good = table.num_rows  # the 50 good rows of mixed.parquet come first: their copies in part-00000 are duplicates
+    assert manifest["rows_in"] == n_good + 50 + 100 + 1 + 7
     assert manifest["rows_out"] == n_good
-    assert manifest["rows_quarantined"] == 108
+    assert manifest["rows_quarantined"] == 158
     assert manifest["rows_in"] == manifest["rows_out"] + manifest["rows_quarantined"]
     assert sum(manifest["routes"].values()) == n_good and manifest["bundle_version"] == Bundle(bundle_uri).version
-    assert manifest["quarantine_stages"] == {"read": 8, "validate": 100}
+    assert manifest["quarantine_stages"] == {"read": 58, "validate": 100}
 
     quarantine = commit.read_committed(output, "2026-11-27", table="quarantine")
     reasons = quarantine.column("reason").to_pylist()
@@ -210,6 +210,8 @@ def test_nightly_job_on_s3_commits_quarantines_and_agrees_with_evaluate(ray_sess
     assert sum(r.startswith("k: 0 out of range") for r in reasons) == 25
     assert sum(r.startswith("shard unreadable") for r in reasons) == 1
     assert sum("missing required column(s) ['k']" in r for r in reasons) == 7
+    assert sum(r.startswith("duplicate: this (user_id, task) is already requested at ") and "mixed.parquet#" in r
+               for r in reasons) == 50
 
     results = commit.read_committed(output, "2026-11-27")
     for task in ("sequential", "direct"):
@@ -229,7 +231,7 @@ def test_nightly_job_on_s3_commits_quarantines_and_agrees_with_evaluate(ray_sess
         [f"run_id={forced['run_id']}/_manifest.json"]
     again = commit.read_committed(output, "2026-11-27")
     keys = again.select(["user_id", "task"]).to_pandas()
-    assert again.num_rows == n_good and keys.duplicated().sum() == 50  # only the 50 rows repeated on purpose
+    assert again.num_rows == n_good and keys.duplicated().sum() == 0
 
 
 def test_score_refuses_a_bundle_without_the_configured_tool(bundle_uri, tmp_path, capsys):

@@ -3,6 +3,11 @@
 A run writes ``OUTPUT/run_date=D/run_id=R/part-*.parquet`` and ``quarantine/part-*.parquet`` beside them, then
 ``_manifest.json`` last. The manifest lists every part it vouches for, so a part left by a failed write attempt
 is never read; readers use only committed runs, and for a date the latest committed run.
+
+Resume: each written block also leaves ``ledger/part-*.parquet``, written after its parts: the (shard, row) keys
+of the input rows it answered, with its counts. A run that died before its manifest (driver crash) is picked up
+by the next run of the same date with the same inputs, bundle and settings: the rows its ledger covers are not
+read again, and the manifest counts the reused parts and says it resumed. The block is the unit of redone work.
 """
 from __future__ import annotations
 
@@ -20,6 +25,8 @@ from reasonrec import storage
 from reasonrec.data import schemas
 
 MANIFEST = "_manifest.json"
+RUN_HEADER = "_run.json"  # what the run scores (inputs, bundle, settings): a rerun resumes only the same work
+LEDGER = "ledger"
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,14 @@ def write_part(table: pa.Table, run: Run) -> dict:
     if quarantine.num_rows:
         storage.write_parquet(quarantine, storage.join(run.uri, "quarantine", name))
         written["quarantine"].append(f"quarantine/{name}")
+    part = _stats(results, quarantine, written)
+    # Last: a ledger entry vouches for parts that are complete (a crash before it means the block is redone).
+    keys = table.select(["shard", "row"]).replace_schema_metadata({"part": json.dumps(part)})
+    storage.write_parquet(keys, storage.join(run.uri, LEDGER, name))
+    return part
+
+
+def _stats(results: pa.Table, quarantine: pa.Table, written: dict) -> dict:
     latency = results.group_by("route").aggregate([("latency_ms", "sum")])
     per_route = {name: _sums_by_route(results, column)
                  for name, column in (("vlm_calls", "vlm_called"), ("escalations", "escalated"),
@@ -138,6 +153,73 @@ def summarise(parts: list[dict]) -> dict:
         "latency_ms_mean": {r: counters["latency_ms_sum"][r] / n for r, n in routes.items()},
         "tool_usage_rate": total["tool_rows"] / total["rows_out"] if total["rows_out"] else 0.0,
     }
+
+
+def start(output: str, run_date: str | None, header: dict, force: bool = False) -> tuple[Run, list[dict], pa.Table]:
+    """The run to write: the date's latest unfinished run with the same header (unless ``force``), resumed with the
+    parts its ledger vouches for and their input keys (shard, row); else a new run."""
+    header = json.loads(json.dumps(header, sort_keys=True, default=str))  # as it reads back from storage
+    fresh = Run.new(output, run_date)
+    if not force:
+        for run_id in reversed(_run_ids(output, fresh.run_date)):
+            run = Run(output, fresh.run_date, run_id)
+            if storage.exists(storage.join(run.uri, MANIFEST)):
+                break  # committed runs are not reopened
+            if _header(run) == header:
+                parts, keys = recorded_parts(run)
+                return run, parts, keys
+    storage.write_json(storage.join(fresh.uri, RUN_HEADER), header)
+    return fresh, [], _KEYS.empty_table()
+
+
+_KEYS = pa.schema([pa.field("shard", pa.string()), pa.field("row", pa.int64())])
+
+
+def _header(run: Run) -> dict | None:
+    try:
+        return storage.read_json(storage.join(run.uri, RUN_HEADER))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def recorded_parts(run: Run) -> tuple[list[dict], pa.Table]:
+    """The complete parts a run's ledger lists, and the input keys they answered. An entry cut short by a crash is
+    skipped (its rows are redone); so is one whose rows another entry already covers (a retried write task)."""
+    parts, keys, seen = [], [], set()
+    for rel in storage.list_files(storage.join(run.uri, LEDGER)):
+        try:
+            table = storage.read_parquet(storage.join(run.uri, LEDGER, rel))
+            part = json.loads(table.schema.metadata[b"part"])
+        except (OSError, pa.ArrowException, KeyError, TypeError, ValueError):
+            continue
+        files = part["results"] + part["quarantine"]
+        if not all(storage.exists(storage.join(run.uri, f)) for f in files):
+            continue
+        block = frozenset(zip(table.column("shard").to_pylist(), table.column("row").to_pylist()))
+        if seen & block:
+            continue
+        seen |= block
+        parts.append(part)
+        keys.append(table.select(["shard", "row"]).cast(_KEYS))
+    return parts, pa.concat_tables(keys) if keys else _KEYS.empty_table()
+
+
+def finish(run: Run, rows_in: int, header: dict, parts: list[dict], reused: int, started: dt.datetime,
+           seconds: float) -> dict:
+    """Check that every input row came out once (results or quarantine) and commit the run; ``parts`` include the
+    ``reused`` first ones of a resumed run."""
+    totals = summarise(parts)
+    if totals["rows_out"] + totals["rows_quarantined"] != rows_in:
+        raise RuntimeError(
+            f"row count mismatch: {rows_in} in, {totals['rows_out']} out + {totals['rows_quarantined']} "
+            f"quarantined; run {run.uri} is not committed")
+    old = parts[:reused]
+    resumed = {"parts_reused": reused, "rows_reused": sum(p["rows_out"] + p["rows_quarantined"] for p in old)}
+    return commit(run, {
+        **header, **totals, "rows_in": rows_in, "resumed": resumed if reused else None,
+        "started": started.isoformat(), "finished": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "seconds": round(seconds, 3), "users_per_s": round(rows_in / max(seconds, 1e-9), 1),
+    })
 
 
 def commit(run: Run, manifest: dict) -> dict:

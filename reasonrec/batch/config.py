@@ -24,6 +24,7 @@ class ScoreConfig:
     vlm_actors: int = 1
     vlm_batch_size: int = 64  # rows per VLM-actor call (the backend batches inside it)
     max_k: int = 100
+    max_history: int = 10_000  # items; a longer history is quarantined (the tools read only the most recent)
     batch_size: int = 1024  # rows per tool-actor call
     horizon_batch_size: int = 4096
     # Measured on 2 cores: one actor with 2 torch threads beats 2 x 1 and 2 x 2 (benchmarks/nightly_job.py).
@@ -40,7 +41,7 @@ class ScoreConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"ScoreConfig.mode {self.mode!r}: use one of {MODES}")
-        for name in ("max_k", "batch_size", "horizon_batch_size", "tool_actors", "torch_threads", "shortlist",
+        for name in ("max_k", "max_history", "batch_size", "horizon_batch_size", "tool_actors", "torch_threads", "shortlist",
                      "vlm_actors", "vlm_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ScoreConfig.{name} must be >= 1, got {getattr(self, name)}")

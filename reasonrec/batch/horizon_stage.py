@@ -17,7 +17,7 @@ class HorizonStage:
     def __init__(self, bundle: Bundle, config: ScoreConfig):
         self.vocab = Vocab(bundle.item_ids(), offset=1)
         self.horizon = EvidenceHorizon.from_json(bundle.read("horizon.json"))
-        self.validate = Validator(self.vocab, config.max_k, tuple(config.primary))
+        self.validate = Validator(self.vocab, config.max_k, tuple(config.primary), config.max_history)
         self.planner = make_planner(bundle, config)
 
     def __call__(self, batch: pa.Table) -> pa.Table:

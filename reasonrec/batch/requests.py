@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from reasonrec import storage
 from reasonrec.data import schemas
@@ -90,18 +91,87 @@ def rows_in_shard(uri: str) -> int:
     return 1 if rows is None else rows
 
 
-def read_shard(uri: str) -> pa.Table:
-    """The shard's rows in ``STREAM`` form; a shard that cannot be read becomes quarantine rows."""
+def read_shard(uri: str, skip: np.ndarray | None = None, duplicate_of: dict | None = None) -> pa.Table:
+    """The shard's rows in ``STREAM`` form, less the rows in ``skip`` (answered by the run this one resumes).
+
+    Bytes that are not a readable parquet file become quarantine rows; a storage error (after the filesystem's
+    retries) is raised: it fails the job, it is not the input's fault. ``duplicate_of`` maps a row to the first
+    row with its (user_id, task), and the row is rejected as a duplicate.
+    """
+    data = storage.read_bytes(uri)
     try:
-        table = storage.read_parquet(uri)
+        table = pq.read_table(pa.BufferReader(data))
     except (OSError, pa.ArrowException) as e:
         rows = storage.parquet_rows(uri)
         reason = f"shard unreadable: {e}"
         if rows is None:
-            return _rejected(uri, np.array([-1]), [json.dumps({"shard": uri})], reason, "read")
-        return _rejected(uri, np.arange(rows), [json.dumps({"shard": uri, "row": i}) for i in range(rows)],
-                         reason, "read")
-    return conform(table, uri)
+            out = _rejected(uri, np.array([-1]), [json.dumps({"shard": uri})], reason, "read")
+        else:
+            out = _rejected(uri, np.arange(rows), [json.dumps({"shard": uri, "row": i}) for i in range(rows)],
+                            reason, "read")
+    else:
+        out = conform(table, uri)
+        if duplicate_of:
+            out = _reject_duplicates(out, duplicate_of)
+    if skip is not None and len(skip):
+        out = out.filter(pc.invert(pc.is_in(out.column("row"), pa.array(skip, pa.int64()))))
+    return out
+
+
+def duplicate_rows(shards: list[str], answered_tasks: tuple[str, ...], max_k: int) -> dict[str, dict[int, str]]:
+    """Per shard, each row whose (user_id, task) an earlier row (in shard then row order) already asks for, mapped
+    to that first row (``shard#row``). Only rows that pass the checks on user_id, task and k count, so that a
+    malformed first copy does not shadow a good one (it is quarantined for its own fault). Shards that cannot be
+    read or lack the columns are left to ``read_shard``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def keys(uri: str) -> pa.Table | None:
+        data = storage.read_bytes(uri)
+        try:
+            table = pq.read_table(pa.BufferReader(data), columns=["user_id", "task", "k"])
+            user, task, k = (pc.cast(table.column(c), t) for c, t in
+                             (("user_id", pa.string()), ("task", pa.string()), ("k", pa.int64())))
+        except (OSError, pa.ArrowException, KeyError):
+            return None
+        ok = pc.and_(pc.and_(pc.equal(pc.utf8_trim_whitespace(user), user), pc.greater(pc.utf8_length(user), 0)),
+                     pc.and_(pc.is_in(task, pa.array(answered_tasks)),
+                             pc.and_(pc.greater_equal(k, 1), pc.less_equal(k, max_k))))
+        rows = pa.table({"user_id": user, "task": task, "shard": pa.array(np.full(table.num_rows, uri), pa.string()),
+                         "row": pa.array(np.arange(table.num_rows), pa.int64())})
+        return rows.filter(pc.fill_null(ok, False))
+
+    with ThreadPoolExecutor(16) as pool:
+        tables = [t for t in pool.map(keys, shards) if t is not None]
+    if not tables:
+        return {}
+    frame = pa.concat_tables(tables).to_pandas()
+    repeated = frame.duplicated(["user_id", "task"], keep="first")
+    if not repeated.any():
+        return {}
+    first = frame[~repeated].set_index(["user_id", "task"])
+    later = frame[repeated]
+    origin = first.loc[list(zip(later["user_id"], later["task"]))]
+    source = (origin["shard"] + "#" + origin["row"].astype(str)).to_numpy()
+    out: dict[str, dict[int, str]] = {}
+    for shard, row, src in zip(later["shard"], later["row"], source):
+        out.setdefault(shard, {})[int(row)] = src
+    return out
+
+
+def _reject_duplicates(table: pa.Table, duplicate_of: dict[int, str]) -> pa.Table:
+    import pandas as pd
+
+    pos = pd.Index(np.fromiter(duplicate_of, dtype=np.int64)).get_indexer(_np(table.column("row")))
+    hit = pc.and_(pa.array(pos >= 0), table.column("error").is_null())
+    if not pc.any(hit).as_py():
+        return table
+    firsts = np.array(list(duplicate_of.values()), dtype=object)
+    first = pa.array(np.where(pos >= 0, firsts[pos], None), pa.string())
+    reason = pc.binary_join_element_wise("duplicate: this (user_id, task) is already requested at ", first, "")
+    error = pc.if_else(hit, reason, table.column("error"))
+    stage = pc.if_else(hit, "read", table.column("stage"))
+    table = table.set_column(table.schema.get_field_index("error"), "error", error)
+    return table.set_column(table.schema.get_field_index("stage"), "stage", stage)
 
 
 def conform(table: pa.Table, shard: str) -> pa.Table:
@@ -138,9 +208,10 @@ def _rejected(shard: str, rows: np.ndarray, raw: list[str], reason: str, stage: 
 class Validator:
     """Row checks, vectorised over a batch; the first failed check of a row names its field."""
 
-    def __init__(self, catalogue: Vocab, max_k: int, answered_tasks: tuple[str, ...]):
+    def __init__(self, catalogue: Vocab, max_k: int, answered_tasks: tuple[str, ...], max_history: int = 10_000):
         self.catalogue = catalogue
         self.max_k = max_k
+        self.max_history = max_history
         self.answered_tasks = answered_tasks
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -172,6 +243,10 @@ class Validator:
         k = batch.column("k")
         in_range = pc.and_(pc.greater_equal(k, 1), pc.less_equal(k, self.max_k))
         reject(~_mask(in_range), lambda r: f"k: {_v(k, r)} out of range [1, {self.max_k}]")
+
+        n_history = pc.fill_null(pc.list_value_length(batch.column("history")), 0)
+        reject(_mask(pc.greater(n_history, self.max_history)),
+               lambda r: f"history: {_v(n_history, r)} items, more than max_history {self.max_history}")
 
         candidates = batch.column("candidates")
         n_cand = pc.fill_null(pc.list_value_length(candidates), 0)

@@ -84,26 +84,47 @@ class VLMStage:
             self._deliberator = DeliberatorStage(self.bundle, self.config.deliberator)
         return self._deliberator
 
+    def _image_problems(self, prompts: list[dict]) -> list[str | None]:
+        """Per prompt the first of its images that cannot be used (unreadable, too large), as a reason."""
+        images = self.deliberator.backend.images
+        return [next((f"images: {p}" for p in map(images.problem, row["images"]) if p), None) for row in prompts]
+
     def __call__(self, batch: pa.Table) -> pa.Table:
         n, rows = self.config.shortlist, batch.num_rows
         scores = np.full((rows, n), np.nan, dtype=np.float32)
         confidence = np.full(rows, np.nan, dtype=np.float32)
         latency = pc.fill_null(batch.column("latency_ms"), 0.0).to_numpy(zero_copy_only=False).copy()
         route = pc.fill_null(batch.column("route"), "").to_numpy(zero_copy_only=False)
-        valid = batch.column("error").is_null().to_numpy(zero_copy_only=False)
+        valid = batch.column("error").is_null().to_numpy(zero_copy_only=False).copy()
         asked = np.flatnonzero(valid & self.planner.needs_vlm(self.config.mode, route))
         if len(asked):
             start = time.perf_counter()
             prompts, orders = self.prompts.rows(batch.take(asked), n)
-            found = deliberate(self.deliberator.backend, prompts)
+            problems = self._image_problems(prompts)
+            if any(problems):  # an item image that cannot be used: the row goes to quarantine, named
+                bad = np.array([p is not None for p in problems])
+                batch = _reject(batch, asked[bad], [p for p in problems if p])
+                valid[asked[bad]] = False
+                prompts = [p for p, b in zip(prompts, bad) if not b]
+                orders = [o for o, b in zip(orders, bad) if not b]
+                asked = asked[~bad]
+            found = deliberate(self.deliberator.backend, prompts) if prompts else []
             for row, order, verdict in zip(asked, orders, found):  # back to shortlist order: one short vector per row
                 scores[row, order] = verdict.scores
             confidence[asked] = [v.confidence for v in found]
-            latency[asked] += 1000 * (time.perf_counter() - start) / len(asked)
+            latency[asked] += 1000 * (time.perf_counter() - start) / max(len(asked), 1)
         batch = batch.set_column(batch.schema.get_field_index("latency_ms"), "latency_ms", _nullable(latency, valid))
         batch = batch.append_column(VLM_FIELDS[0], pa.FixedSizeListArray.from_arrays(
             pa.array(scores.reshape(-1), pa.float32()), n).cast(VLM_FIELDS[0].type))
         return batch.append_column(VLM_FIELDS[1], pa.array(confidence, pa.float32(), mask=np.isnan(confidence)))
+
+
+def _reject(batch: pa.Table, rows: np.ndarray, reasons: list[str]) -> pa.Table:
+    error = batch.column("error").to_numpy(zero_copy_only=False).astype(object)
+    stage = batch.column("stage").to_numpy(zero_copy_only=False).astype(object)
+    error[rows], stage[rows] = reasons, "vlm"
+    batch = batch.set_column(batch.schema.get_field_index("error"), "error", pa.array(error, pa.string()))
+    return batch.set_column(batch.schema.get_field_index("stage"), "stage", pa.array(stage, pa.string()))
 
 
 def _nullable(values: np.ndarray, valid: np.ndarray) -> pa.Array:

@@ -1,0 +1,56 @@
+"""Run the nightly job (tools-only) on a three-node ``ray.cluster_utils.Cluster`` (a head without CPU actors, two
+CPU workers) and remove the worker that runs the tool actor once the job has written its first block. Prints, as
+JSON, what was removed and how many nodes were left. A separate process: the test session has its own Ray.
+
+    python tests/scripts/node_loss_job.py BUNDLE_URI REQUESTS_URI OUTPUT_URI RUN_DATE
+"""
+import argparse
+import json
+import sys
+import threading
+import time
+
+
+def main() -> None:
+    import ray
+    from ray.cluster_utils import Cluster
+    from ray.util.state import list_actors
+
+    from jobs.nightly_score import run
+    from reasonrec import storage
+    from reasonrec.batch.config import ScoreConfig
+
+    bundle, requests, output, run_date = sys.argv[1:5]
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    workers = [cluster.add_node(num_cpus=2, resources={"cpu_worker": 100}) for _ in range(2)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    removed = []
+
+    def remove_the_tool_node():
+        while not any("/ledger/" in f for f in storage.list_files(output)):
+            time.sleep(0.1)
+        for actor in list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=1000):
+            node = next((w for w in workers if w.node_id == actor.node_id), None)
+            if "ToolActor" in actor.class_name and node is not None:
+                cluster.remove_node(node, allow_graceful=False)
+                removed.append(node.node_id)
+                return
+
+    killer = threading.Thread(target=remove_the_tool_node, daemon=True)
+    killer.start()
+    try:
+        config = ScoreConfig(mode="tools-only", batch_size=16, horizon_batch_size=16,
+                             cpu_actor_resources={"cpu_worker": 1})
+        manifest = run(argparse.Namespace(requests=requests, bundle=bundle, output=output, run_date=run_date,
+                                          force=True), config, log=lambda *_: None)
+        killer.join(timeout=5)
+        alive = sum(n["Alive"] for n in ray.nodes())
+        print(json.dumps({"removed": removed, "alive_nodes_after": alive, "rows_out": manifest["rows_out"]}))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+if __name__ == "__main__":
+    main()
