@@ -8,8 +8,9 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 # Before anything starts Ray: local tests need no token auth, and S3 settings reach Ray workers via the env.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+# Distinctive values, so that a test can show that they never reach a log, a trace or a manifest.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "AKIAREASONRECTEST7Q2")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "rr-secret-9f3b7c1e4d2a-never-logged")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("AWS_MAX_ATTEMPTS", "4")  # storage retries (standard AWS variable): keep failing tests short
 

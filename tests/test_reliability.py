@@ -3,6 +3,7 @@
 import argparse
 import dataclasses
 import json
+import re
 import os
 import signal
 import subprocess
@@ -113,20 +114,29 @@ def test_a_rerun_with_other_settings_starts_afresh(ray_session, requests_uri, bu
     accounted(output, 320)
 
 
-def kill_when_running(output: str, kinds: tuple[str, ...], killed: list, stop: threading.Event) -> None:
-    """Kill (SIGKILL) one live actor of each kind once the job has written its first block."""
-    from ray.util.state import list_actors
+def actor_processes(kind: str) -> list:
+    """Live worker processes of an actor class (Ray titles them ``ray::MapWorker(MapBatches(<class>))...``)."""
+    import psutil
 
-    while not stop.is_set() and ledger_entries(output) < 1:
-        time.sleep(0.1)
-    pending = set(kinds)
-    while pending and not stop.is_set():
-        for actor in list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=1000):
-            kind = next((k for k in pending if k in actor.class_name), None)
-            if kind and actor.pid:
-                os.kill(actor.pid, signal.SIGKILL)
-                killed.append(kind)
-                pending.discard(kind)
+    found = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        title = " ".join(process.info["cmdline"] or [])
+        if title.startswith("ray::") and f"({kind})" in title:
+            found.append(process.info["pid"])
+    return found
+
+
+def kill_when_running(kinds: tuple[str, ...], killed: list, stop: threading.Event, after_s: float = 1.0) -> None:
+    """SIGKILL one actor of each kind once it has been alive for ``after_s`` (mid-run: its pool has work)."""
+    seen: dict = {}
+    while len(killed) < len(kinds) and not stop.is_set():
+        for kind in kinds:
+            pids = actor_processes(kind) if kind not in killed else []
+            if pids:
+                seen.setdefault(kind, time.time())
+                if time.time() - seen[kind] >= after_s:
+                    os.kill(pids[0], signal.SIGKILL)
+                    killed.append(kind)
         time.sleep(0.1)
 
 
@@ -134,7 +144,7 @@ def test_killed_tool_and_vlm_actors_are_replaced_and_nothing_is_lost(ray_session
     output = "s3://reasonrec-test/reliability/actor-death"
     config = dataclasses.replace(PLANNER_SCORE, batch_size=16, horizon_batch_size=16, vlm_batch_size=8)
     killed, stop = [], threading.Event()
-    killer = threading.Thread(target=kill_when_running, args=(output, ("ToolActor", "VLMActor"), killed, stop))
+    killer = threading.Thread(target=kill_when_running, args=(("ToolActor", "VLMActor"), killed, stop))
     killer.start()
     try:
         manifest = score(requests_uri, output, routed_bundle_uri, config)
@@ -154,7 +164,7 @@ def test_node_loss_mid_run_loses_nothing(bundle_uri, requests_uri):
     done = subprocess.run([sys.executable, "tests/scripts/node_loss_job.py", bundle_uri, requests_uri, output, DATE],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report = json.loads(next(line for line in reversed(done.stdout.splitlines()) if line.startswith("{")))
     assert report["removed"] and report["alive_nodes_after"] == 2
     accounted(output, 320)
 
@@ -265,3 +275,82 @@ def test_bad_input_at_scale_is_quarantined_row_by_row(ray_session, synthetic_dat
     assert sum(r.startswith("shard unreadable") for r in reasons.values()) == 2
     assert sum("k" in r and f"{requests}/part-00005.parquet" in s for s, r in reasons.items()) == 9
     assert set(kinds) == set(BAD_KINDS)  # the seed exercises every kind
+
+
+def test_credentials_never_reach_outputs_logs_or_traces(ray_session, requests_uri, bundle_uri, capfd):
+    output = "s3://reasonrec-test/reliability/secrets"
+    lines = []
+    score(requests_uri, output, bundle_uri, TOOLS_ONLY, log=lines.append)
+    secrets = [os.environ["AWS_ACCESS_KEY_ID"].encode(), os.environ["AWS_SECRET_ACCESS_KEY"].encode()]
+    texts = {"job log": "\n".join(lines).encode(), "captured output": "".join(capfd.readouterr()).encode()}
+    for rel in storage.list_files(output):  # results, quarantine, manifest (with the job's settings)
+        texts[rel] = storage.read_bytes(f"{output}/{rel}")
+    results = commit.read_committed(output, DATE)
+    texts["traces"] = "\n".join(results.column("trace").to_pylist()).encode()
+    logs = Path(ray_session._private.worker._global_node.get_session_dir_path()) / "logs"
+    for path in logs.rglob("*"):
+        if path.is_file():
+            texts[str(path)] = path.read_bytes()
+    assert len(texts) > 10 and any(name.endswith(commit.MANIFEST) for name in texts)
+    leaked = [name for name, data in texts.items() if any(secret in data for secret in secrets)]
+    assert not leaked, leaked
+
+
+UNSAFE_LOADS = re.compile(r"pickle\.loads?\(|joblib\.load\(|allow_pickle\s*=\s*True|torch\.load\((?![^)]*weights_only=True)")
+
+
+def test_no_code_path_unpickles_and_every_bundle_file_is_checksummed(bundle_uri):
+    from reasonrec.bundle import Bundle
+
+    sources = [p for d in ("reasonrec", "actors", "jobs") for p in (ROOT / d).rglob("*.py")]
+    unsafe = [f"{p.relative_to(ROOT)}:{i}" for p in sources
+              for i, line in enumerate(p.read_text().splitlines(), 1) if UNSAFE_LOADS.search(line)]
+    assert not unsafe, unsafe
+    bundle = Bundle(bundle_uri)
+    stored = set(storage.list_files(bundle_uri)) - {"manifest.json"}
+    assert stored == set(bundle.manifest["files"])
+    assert not any(rel.endswith((".pt", ".pkl", ".pickle", ".bin")) for rel in stored)
+
+
+def test_unreadable_and_huge_item_images_quarantine_the_rows_that_show_them(vlm_bundle_uri, synthetic_data,
+                                                                            tmp_path):
+    """The VLM stage checks every image a prompt shows; a row whose prompt needs a broken one is quarantined with
+    the image named, the others are deliberated."""
+    from PIL import Image
+
+    from reasonrec.batch.config import ScoreConfig
+    from reasonrec.batch.horizon_stage import HorizonStage
+    from reasonrec.batch.requests import conform
+    from reasonrec.batch.tool_stage import ToolStage
+    from reasonrec.batch.vlm_stage import VLMStage
+    from reasonrec.bundle import Bundle
+    from reasonrec.vlm.backends import MAX_IMAGE_PIXELS
+
+    bundle = Bundle(vlm_bundle_uri)
+    config = ScoreConfig(mode="vlm-only", shortlist=8, deliberator=PLANNER_SCORE.deliberator)
+    requests = conform(requests_for_split(synthetic_data, "test", "sequential", k=5).slice(0, 6), "images")
+    rows = ToolStage(bundle, config)(HorizonStage(bundle, config)(requests))
+    stage = VLMStage(bundle, config)
+    prompts, _ = stage.prompts.rows(rows, config.shortlist)
+    spared = set(prompts[0]["images"])  # row 0 must still be answered
+    broken = next(uri for uri in prompts[1]["images"] if uri not in spared)
+    huge = next(uri for uri in prompts[3]["images"] if uri not in spared | {broken})
+    originals = {uri: storage.read_bytes(uri) for uri in (broken, huge)}
+    try:
+        storage.write_bytes(broken, b"\xff\xd8\xff\xe0 not a jpeg")
+        side = int(MAX_IMAGE_PIXELS ** 0.5) + 1
+        big = tmp_path / "big.png"
+        Image.new("L", (side, side)).save(big)  # a small file with too many pixels (a decompression bomb's shape)
+        storage.write_bytes(huge, big.read_bytes())
+        out = stage(rows)
+    finally:
+        for uri, data in originals.items():
+            storage.write_bytes(uri, data)
+    errors = out.column("error").to_pylist()
+    assert errors[1].startswith("images: image") and "unreadable" in errors[1]
+    assert errors[3].startswith("images: image") and "pixels" in errors[3]
+    shown = [set(p["images"]) for p in prompts]
+    for i, error in enumerate(errors):
+        assert (error is not None) == bool(shown[i] & {broken, huge}), (i, error)
+    answered = [i for i, e in enumerate(errors) if e is None]
+    assert answered and not np.isnan(out.column("vlm_confidence").to_numpy(zero_copy_only=False)[answered]).any()
