@@ -99,8 +99,8 @@ class Ingress:
         answer = await self.tools.recommend.remote(request)
         if isinstance(answer, pa.Table):  # the planner sends this row to the VLM
             answer = await self.deliberator.deliberate.remote(answer)
-        if "error" in answer:  # the job's validator named the field: a client mistake
-            raise HTTPException(status_code=422, detail=answer["error"])
+        if "error" in answer:  # the validator names a client's mistake; a broken catalogue image is ours
+            raise HTTPException(status_code=500 if answer["stage"] == "vlm" else 422, detail=answer["error"])
         # Built by the job's own planner stage to the response schema: skip FastAPI's second validation pass.
         return Response(json.dumps(answer), media_type="application/json")
 

@@ -15,7 +15,7 @@ from reasonrec.data import schemas
 from reasonrec.data.vocab import Vocab
 
 RESPONSE_COLUMNS = ["user_id", "task", "route", "path", "horizon", "confidence", "tools", "trace", "model_version",
-                    "ranked", "error"]
+                    "ranked", "error", "stage"]
 
 
 class Histories:
@@ -75,13 +75,14 @@ def renumbered(rows: list[pa.Table]) -> pa.Table:
 
 
 def responses(answered: pa.Table) -> list[dict]:
-    """Each answered row (in order) as the ``RecommendResponse`` body, or ``{"error": reason}`` for a rejected one."""
+    """Each answered row (in order) as the ``RecommendResponse`` body, or ``{"error": reason, "stage": stage}`` for a
+    rejected one."""
     out = []
     for r in answered.select(RESPONSE_COLUMNS).to_pylist():
         if r["error"] is not None:
-            out.append({"error": r["error"]})
+            out.append({"error": r["error"], "stage": r["stage"]})
             continue
-        r.pop("error")
+        r.pop("error"), r.pop("stage")
         r["confidence"] = 0.0 if r["confidence"] is None or np.isnan(r["confidence"]) else r["confidence"]
         r["tools"], r["items"] = r["tools"] or [], r.pop("ranked") or []
         out.append(r)
