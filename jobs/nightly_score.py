@@ -91,7 +91,8 @@ def run(args, config=None, log=print) -> dict:
         manifest = commit.finish(run, rows_in, header, reused, len(reused), dt.datetime.now(dt.timezone.utc), 0.0)
         log(summary(manifest))
         return manifest
-    duplicates = requests.duplicate_rows([uri for uri, _ in todo], tuple(config.primary), config.max_k)
+    # Over every shard: the first copy of a request may sit in a shard the resumed run already answered.
+    duplicates = requests.duplicate_rows(shards, tuple(config.primary), config.max_k)
 
     if not ray.is_initialized():
         ray.init()  # joins RAY_ADDRESS when set (ray job submit), else starts a local instance

@@ -24,14 +24,15 @@ ERRORS = {
 
 @dataclass
 class FaultPlan:
-    """Which requests fail and how: each matching request fails with probability ``rate`` (seeded), until
-    ``limit`` faults were injected (None: forever)."""
+    """Which requests fail and how: each matching request after the first ``after`` fails with probability ``rate``
+    (seeded), until ``limit`` faults were injected (None: forever)."""
 
     kinds: tuple = (503, 500, "reset")
     rate: float = 1.0
     methods: tuple = ("GET", "PUT", "POST", "HEAD", "DELETE")
     path_contains: str = ""
     limit: int | None = None
+    after: int = 0
     seed: int = 0
     injected: dict = field(default_factory=dict)  # kind -> count
 
@@ -43,6 +44,9 @@ class FaultPlan:
         if method not in self.methods or self.path_contains not in path:
             return None
         with self._lock:
+            self.after -= 1
+            if self.after >= 0:
+                return None
             if self.limit is not None and sum(self.injected.values()) >= self.limit:
                 return None
             if self._random.random() >= self.rate:

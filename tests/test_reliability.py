@@ -200,6 +200,29 @@ def test_persistent_storage_failure_fails_the_job_and_commits_nothing(ray_sessio
     assert main  # the command line turns the RuntimeError into exit status 2 with the same message
 
 
+def test_a_run_stopped_by_a_storage_outage_resumes_without_duplicates(ray_session, s3_proxy, synthetic_data,
+                                                                      bundle_uri):
+    """The outage starts after a few writes; the rerun resumes the unfinished run. The last shard repeats the
+    first one's requests: whichever of them the first attempt answered, each is answered once."""
+    root = "s3://reasonrec-test/reliability/outage"
+    requests, output = f"{root}/requests", f"{root}/results"
+    good = requests_for_split(synthetic_data, "test", "sequential", k=10).slice(0, 160)
+    write_requests(good, requests, shard_rows=16)
+    storage.write_parquet(good.slice(0, 16), f"{requests}/part-00010.parquet")
+    s3_proxy.plan = FaultPlan(kinds=(500,), methods=("PUT", "POST"), path_contains="/outage/results/", after=40)
+    try:
+        with pytest.raises(RuntimeError, match="storage"):
+            score(requests, output, bundle_uri, TOOLS_ONLY)
+    finally:
+        s3_proxy.plan = None
+    assert commit.committed_run(output, DATE) is None and ledger_entries(output) >= 1
+    manifest = score(requests, output, bundle_uri, TOOLS_ONLY)
+    assert manifest["resumed"]["rows_reused"] > 0
+    results, quarantine = accounted(output, 176)
+    assert results.num_rows == 160 and quarantine.num_rows == 16
+    assert all(r.startswith("duplicate: ") for r in quarantine.column("reason").to_pylist())
+
+
 BAD_KINDS = ("null user_id", "empty user_id", "padded user_id", "unknown task", "k out of range", "null k",
              "unknown candidate", "no candidates", "oversized history", "duplicate", "all null")
 FIELD_OF = {"null user_id": "user_id", "empty user_id": "user_id", "padded user_id": "user_id",
