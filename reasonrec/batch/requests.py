@@ -102,7 +102,7 @@ def read_shard(uri: str, skip: np.ndarray | None = None, duplicate_of: dict | No
     try:
         table = pq.read_table(pa.BufferReader(data))
     except (OSError, pa.ArrowException) as e:
-        rows = storage.parquet_rows(uri)
+        rows = _footer_rows(data)
         reason = f"shard unreadable: {e}"
         if rows is None:
             out = _rejected(uri, np.array([-1]), [json.dumps({"shard": uri})], reason, "read")
@@ -116,6 +116,14 @@ def read_shard(uri: str, skip: np.ndarray | None = None, duplicate_of: dict | No
     if skip is not None and len(skip):
         out = out.filter(pc.invert(pc.is_in(out.column("row"), pa.array(skip, pa.int64()))))
     return out
+
+
+def _footer_rows(data: bytes) -> int | None:
+    """Rows a parquet file's footer announces (the data may still be corrupt), or None without a footer."""
+    try:
+        return pq.ParquetFile(pa.BufferReader(data)).metadata.num_rows
+    except (OSError, pa.ArrowException):
+        return None
 
 
 def duplicate_rows(shards: list[str], answered_tasks: tuple[str, ...], max_k: int) -> dict[str, dict[int, str]]:
