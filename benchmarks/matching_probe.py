@@ -7,7 +7,7 @@ each history word (an item's image tokens) and a random prefix (the template's o
 accuracy (clean labels) every 100 steps for a sweep of learning rate, model size, sequence length and a
 short-to-long warm-up, so the figures in docs/results.md can be re-measured:
 
-    python benchmarks/matching_probe.py            # the default sweep, ~10 min on 2 cores
+    python benchmarks/matching_probe.py            # the default sweep, ~18 min on 2 cores
     python benchmarks/matching_probe.py --steps 400 --runs "lr=3e-4,hidden=128,layers=2"
 """
 from __future__ import annotations
