@@ -20,6 +20,7 @@ import numpy as np
 
 WORDS, YES, NO, SEP, ASK, FILLER = 8, 8, 9, 10, 11, 12
 FILLERS, PREFIX_WORDS = 20, 50
+VOCAB = FILLER + FILLERS + PREFIX_WORDS
 
 
 @dataclasses.dataclass
@@ -39,6 +40,8 @@ class Run:
         values = {}
         for pair in filter(None, text.split(",")):
             key, value = pair.split("=")
+            if key not in fields:
+                raise ValueError(f"--runs {text!r}: unknown field {key!r}; fields are {sorted(fields)}")
             values[key] = (float if fields[key] == "float" else int)(value)
         return cls(**values)
 
@@ -51,8 +54,7 @@ def batch(rng, run: Run, n: int, noisy: bool, short: bool):
     yes = (words == asked[:, None]).any(1)
     if noisy:
         yes ^= rng.random(n) < run.noise
-    vocab = FILLER + FILLERS + PREFIX_WORDS
-    parts = [rng.integers(FILLER + FILLERS, vocab, (n, prefix))]
+    parts = [rng.integers(FILLER + FILLERS, VOCAB, (n, prefix))]
     for j in range(3):
         parts += [words[:, j:j + 1], rng.integers(FILLER, FILLER + FILLERS, (n, fill))]
     parts += [np.full((n, 1), SEP), asked[:, None], rng.integers(FILLER, FILLER + FILLERS, (n, fill)),
@@ -67,7 +69,7 @@ def train(run: Run, steps: int, seed: int) -> list[float]:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=FILLER + FILLERS + PREFIX_WORDS, hidden_size=run.hidden, intermediate_size=2 * run.hidden,
+        vocab_size=VOCAB, hidden_size=run.hidden, intermediate_size=2 * run.hidden,
         num_hidden_layers=run.layers, num_attention_heads=run.hidden // 64, num_key_value_heads=run.hidden // 64,
         max_position_embeddings=512))
     optimizer = torch.optim.AdamW(model.parameters(), lr=run.lr)
