@@ -123,7 +123,7 @@ def vlm_bundle_uri(bundle_uri, synthetic_data, ray_session):
     uri = "s3://reasonrec-test/vlm/bundle"
     for rel in storage.list_files(bundle_uri):
         storage.write_bytes(storage.join(uri, rel), storage.read_bytes(storage.join(bundle_uri, rel)))
-    config = FinetuneConfig(steps=12, batch_size=4, lr=3e-3, log_every=4, eval_users=12,
+    config = FinetuneConfig(steps=12, warmup_steps=4, batch_size=4, lr=3e-3, log_every=4, eval_users=12,
                             tiny=TinyVLMConfig(vocab_size=1024), examples=ExamplesConfig(candidates=8, per_user=1))
     finetune_vlm(synthetic_data.uri, uri, config, log=lambda *_: None)
     return uri

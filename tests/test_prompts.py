@@ -11,6 +11,7 @@ from reasonrec.prompts.templates import (
     load_templates,
     render,
     templates_for,
+    warmup_template,
 )
 
 HISTORY = [Item("Rose oil", "s3://b/i/1.png"), Item("Clay mask")]
@@ -45,6 +46,19 @@ def test_every_placeholder_is_filled_and_no_template_names_the_answer(template):
         assert prompt.labels == () and "history" in template.fields and "Night cream <image>" in prompt.text
     else:
         assert prompt.labels == () and "Night cream <image>" in prompt.text
+
+
+@pytest.mark.parametrize("task", ["sequential", "direct", "ctr", "explain"])
+def test_warmup_form_shows_the_evidence_and_names_no_answer(task):
+    template = warmup_template(task)
+    assert not ANSWER_FIELDS & set(template.fields) and template.id == f"{task}-warmup"
+    prompt = render(template, **VALUES)
+    assert not re.search(r"{\w+}", prompt.text) and prompt.text.count(IMAGE) == len(prompt.images)
+    assert "Night cream <image>" in prompt.text or prompt.labels == LABELS[:20]
+    if task != "explain":
+        assert prompt.text.startswith("Rose oil <image>")
+    with pytest.raises(ValueError, match="no warm-up form"):
+        warmup_template("summary")
 
 
 def test_missing_value_and_too_many_candidates_are_named():

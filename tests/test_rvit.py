@@ -1,4 +1,6 @@
 """R-VIT examples, LoRA merge, fine-tuning with Ray Train into a bundle, and the deliberator actor under Ray Data."""
+import dataclasses
+
 import numpy as np
 import pyarrow.compute as pc
 import pytest
@@ -99,6 +101,25 @@ def test_eval_examples_without_tools_answer_alone(synthetic_data, horizon):
                                                                            .cast("bool")).as_py()
 
 
+def test_warmup_form_keeps_only_the_evidence_and_repeats_draw_anew(synthetic_data, horizon, tools):
+    config = ExamplesConfig(max_history=2, repeats=2, decision="answer", seed=3)
+    table = build_examples(synthetic_data, "train", horizon, tools, config, warmup=True)
+    single = build_examples(synthetic_data, "train", horizon, tools, dataclasses.replace(config, repeats=1))
+    assert table.num_rows == 2 * single.num_rows
+    rows = table.to_pylist()
+    for r in rows:
+        assert r["template_id"] == f"{r['task']}-warmup" and r["decision"] == "answer" and r["tools"] == []
+        assert "EH" not in r["prompt"] and "horizon" not in r["prompt"] and r["prompt"].count("<image>") == len(r["images"])
+        if r["task"] != "explain":
+            assert " ? " in r["prompt"]
+    # The second draw asks about other candidates for the same (user, target) rows.
+    first, second = rows[:single.num_rows], rows[single.num_rows:]
+    assert [r["user_id"] for r in first] == [r["user_id"] for r in second]
+    assert sum(a["candidates"] != b["candidates"] for a, b in zip(first, second)) > 0.5 * len(first)
+    with pytest.raises(ValueError, match="decision"):
+        ExamplesConfig(decision="maybe")
+
+
 def test_every_candidate_rows_rank_by_p_yes(synthetic_data, horizon):
     from reasonrec.vlm.deliberator import Verdict, hit_rate_at_1
 
@@ -168,6 +189,7 @@ def test_finetune_with_ray_train_commits_a_reloadable_vlm(vlm_bundle_uri, monkey
     bundle = Bundle(vlm_bundle_uri)
     info = bundle.manifest["vlm"]
     assert info["training"]["loss_last"] < info["training"]["loss_first"]
+    assert info["training"]["warmup"]["steps"] == 4 and info["config"]["warmup_steps"] == 4
     assert {"HR@1_tuned", "HR@1_untuned", "HR@1_tuned_blank_images"} <= set(info["metrics"])
     files = bundle.manifest["files"]
     assert "vlm/config.json" in files and "horizon.json" in files and bundle.tool_names == ["lightgcn", "sasrec"]

@@ -54,6 +54,19 @@ def load_templates(path: str | None = None) -> tuple[Template, ...]:
                  for task, spec in data.items() for i, text in enumerate(spec["texts"], start=1))
 
 
+# The warm-up form of each task: the evidence and the question's object, no instructions. A model trained from
+# scratch first learns to compare items in these short prompts, then finds them among the template text
+# (benchmarks/matching_probe.py: at ~70 tokens it does not learn the comparison without this stage).
+WARMUP_TEXTS = {"sequential": "{history} ? {candidates}", "direct": "{history} ? {item}",
+                "ctr": "{history} ? {item}", "explain": "{item}"}
+
+
+def warmup_template(task: str) -> Template:
+    if task not in WARMUP_TEXTS:
+        raise ValueError(f"no warm-up form for task {task!r}")
+    return Template(f"{task}-warmup", task, WARMUP_TEXTS[task], "warmup")
+
+
 def templates_for(task: str) -> tuple[Template, ...]:
     found = tuple(t for t in load_templates() if t.task == task)
     if not found:

@@ -20,9 +20,10 @@ import pyarrow as pa
 from reasonrec.data.prepared import PreparedData, Sequences
 from reasonrec.horizon import EvidenceHorizon
 from reasonrec.prompts.cot import Deliberation, format_context
-from reasonrec.prompts.templates import LABELS, Item, render, templates_for
+from reasonrec.prompts.templates import LABELS, Item, render, templates_for, warmup_template
 
 TASKS = ("sequential", "direct", "ctr", "explain")
+DECISIONS = ("delegate", "answer", "consult")
 
 
 @dataclasses.dataclass
@@ -36,6 +37,8 @@ class ExamplesConfig:
     primary: str = "sasrec"  # the tool a low-risk user is delegated to
     noise: float = 0.2  # share of tool outputs replaced by a random other answer
     images: bool = True  # show item images when the catalogue has them
+    decision: str | None = None  # "answer": every example is the VLM judging alone; None: as the horizon routes
+    repeats: int = 1  # draws per (user, target), each with its own candidates and asked item
     seed: int = 0
 
     def __post_init__(self):
@@ -46,6 +49,10 @@ class ExamplesConfig:
             raise ValueError(f"task_shares: unknown tasks {sorted(unknown)} or no positive share; tasks are {TASKS}")
         if not 0 <= self.noise <= 1:
             raise ValueError(f"noise must be in [0, 1], got {self.noise}")
+        if self.decision not in (None, *DECISIONS):
+            raise ValueError(f"decision must be one of {DECISIONS} or null, got {self.decision!r}")
+        if self.repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {self.repeats}")
 
 
 SCHEMA = pa.schema([
@@ -166,12 +173,21 @@ class Catalogue:
 
 def build_examples(data: PreparedData, split: str, horizon: EvidenceHorizon, tools: dict, config: ExamplesConfig,
                    decision: str | None = None, tasks: dict | None = None, every_candidate: bool = False,
-                   keep: np.ndarray | None = None) -> pa.Table:
-    """R-VIT examples for every user of ``split``; ``decision`` overrides the horizon's choice for all of them.
+                   keep: np.ndarray | None = None, warmup: bool = False) -> pa.Table:
+    """R-VIT examples for every user of ``split``, ``config.repeats`` draws each; ``decision`` (else
+    ``config.decision``) overrides the horizon's choice for all of them.
 
     ``every_candidate``: a yes/no (direct, CTR) user gets one row per candidate, in candidate order, so that the
     candidates can be ranked by P(yes) (DESIGN.md §5). ``keep``: row numbers of the split's users to keep.
+    ``warmup``: the short warm-up form of each task (``warmup_template``), without the deliberation lines.
     """
+    draws = [_build(data, split, horizon, tools, dataclasses.replace(config, seed=config.seed + k),
+                    decision or config.decision, tasks, every_candidate, keep, warmup)
+             for k in range(config.repeats)]
+    return pa.concat_tables(draws)
+
+
+def _build(data, split, horizon, tools, config, decision, tasks, every_candidate, keep, warmup) -> pa.Table:
     rng = np.random.default_rng(config.seed)
     history, target = split_history(data, split, config.per_user)
     if keep is not None:
@@ -191,7 +207,7 @@ def build_examples(data: PreparedData, split: str, horizon: EvidenceHorizon, too
     noisy = rng.random((users, len(names))) < config.noise
     other = rng.integers(1, config.candidates, (users, len(names)))  # a noisy output: another candidate
     catalogue = Catalogue(data.table("items"), data.item_vocab, images=config.images)
-    templates = {t: templates_for(t) for t in task_names}
+    templates = {t: (warmup_template(t),) if warmup else templates_for(t) for t in task_names}
     template_pick = rng.integers(0, 10, users)
 
     rows = {name: [] for name in SCHEMA.names}
@@ -244,7 +260,7 @@ def build_examples(data: PreparedData, split: str, horizon: EvidenceHorizon, too
         rows["horizon"].append(float(c[u]))
         rows["level"].append(str(levels[u]))
         rows["decision"].append(chosen)
-        rows["prompt"].append(prompt.text + "\n" + context)
+        rows["prompt"].append(prompt.text if warmup else prompt.text + "\n" + context)
         rows["images"].append(list(prompt.images))
         rows["labels"].append(list(prompt.labels))
         rows["candidates"].append(catalogue.ids[listed].tolist())

@@ -37,6 +37,9 @@ class FinetuneConfig:
     # compare candidates with the history from it (copying and matching circuits need dense signal); a pretrained
     # checkpoint has them already, and instruction tuning usually leaves it at 0.
     prompt_loss_weight: float = 0.0
+    # Steps on the tasks' short warm-up form before the R-VIT schedule (each stage has its own one-cycle lr). A
+    # model trained from scratch learns to compare items there first; a pretrained checkpoint needs none.
+    warmup_steps: int = 0
     workers: int = 1
     cpus_per_worker: float = 0.5
     use_gpu: bool = False
@@ -53,6 +56,8 @@ class FinetuneConfig:
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1 or self.workers < 1 or self.cpus_per_worker <= 0:
             raise ValueError("steps, batch_size and workers must be >= 1 and cpus_per_worker > 0")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
 
 
 def collate(processor, rows: list[dict], images: ImageCache):
@@ -164,9 +169,16 @@ def train_loop_per_worker(cfg: dict) -> None:
         if cfg["lora_rank"]:
             model = add_lora(model, cfg["lora_rank"], config.lora_alpha)
         module = ray.train.torch.prepare_model(model) if world > 1 else model
-        examples = ray.get(cfg["examples"]).to_pylist()
-        summary = train(module, processor, examples, config, device=device, seed=config.seed + rank,
-                        log=lambda line: print(f"[rank {rank}] {line}", file=sys.stderr, flush=True))
+        log = lambda line: print(f"[rank {rank}] {line}", file=sys.stderr, flush=True)  # noqa: E731
+        if config.warmup_steps:
+            log(f"warm-up: {config.warmup_steps} steps on short prompts")
+            warmup = train(module, processor, ray.get(cfg["warmup"]).to_pylist(),
+                           dataclasses.replace(config, steps=config.warmup_steps), device=device,
+                           seed=config.seed + rank, log=log)
+        summary = train(module, processor, ray.get(cfg["examples"]).to_pylist(), config, device=device,
+                        seed=config.seed + rank, log=log)
+        if config.warmup_steps:
+            summary["warmup"] = warmup
         checkpoint = None
         if rank == 0:
             if cfg["lora_rank"]:
@@ -208,17 +220,21 @@ def finetune_vlm(data_uri: str, bundle_uri: str, config: FinetuneConfig, base: s
     horizon = EvidenceHorizon.from_json(bundle.read("horizon.json"))
     tools = {name: bundle.load_tool(name) for name in (config.examples.tools or bundle.tool_names)}
     examples = build_examples(data, "train", horizon, tools, config.examples)
+    warmup = build_examples(data, "train", horizon, tools, config.examples, warmup=True) if config.warmup_steps \
+        else None
     lora_rank = config.lora_rank if config.lora_rank is not None else (16 if base else 0)
     log(f"R-VIT: {examples.num_rows} training examples from {len(set(examples['user_id'].to_pylist()))} users, "
         f"tools {list(tools)}; {config.steps} steps x {config.batch_size} on {config.workers} worker(s), "
-        + (f"LoRA rank {lora_rank}" if lora_rank else "full fine-tune"))
+        + (f"LoRA rank {lora_rank}" if lora_rank else "full fine-tune")
+        + (f", after {config.warmup_steps} warm-up steps on short prompts" if config.warmup_steps else ""))
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         base_path = base_folder(base, data, config, Path(tmp) / "base")
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"config": dataclasses.asdict(config), "lora_rank": lora_rank,
-                               "base": ray.put(pack_folder(base_path)), "examples": ray.put(examples)},
+                               "base": ray.put(pack_folder(base_path)), "examples": ray.put(examples),
+                               "warmup": ray.put(warmup)},
             scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu,
                                          resources_per_worker={"CPU": config.cpus_per_worker}),
             run_config=RunConfig(name=f"vlm-{int(time.time())}",
@@ -227,6 +243,9 @@ def finetune_vlm(data_uri: str, bundle_uri: str, config: FinetuneConfig, base: s
         result = trainer.fit()
         with result.checkpoint.as_directory() as folder:
             summary = json.loads(Path(folder, "training.json").read_text())
+            if "warmup" in summary:
+                log(f"warm-up loss {summary['warmup']['loss_first']:.4f} -> {summary['warmup']['loss_last']:.4f} "
+                    f"in {summary['warmup']['seconds']}s")
             log(f"training loss {summary['loss_first']:.4f} -> {summary['loss_last']:.4f} in {summary['seconds']}s")
             metrics = evaluate_vlm(data, horizon, folder, base_path, config, log) if config.eval_users else {}
             with BundleWriter(bundle_uri) as writer:
@@ -251,7 +270,8 @@ def evaluate_vlm(data, horizon, tuned: str | Path, untuned: str | Path, config: 
     from reasonrec.vlm.examples import build_examples
 
     users = np.random.default_rng(config.seed).permutation(data.table("test").num_rows)[:config.eval_users]
-    held_out = build_examples(data, "test", horizon, {}, dataclasses.replace(config.examples, seed=config.seed + 1),
+    one_draw = dataclasses.replace(config.examples, seed=config.seed + 1, repeats=1)
+    held_out = build_examples(data, "test", horizon, {}, one_draw,
                               decision="answer", tasks={config.eval_task: 1.0}, every_candidate=True, keep=users)
     rows = held_out.to_pylist()
     has_images = any(r["images"] for r in rows)
