@@ -71,8 +71,8 @@ def finetune_config(args):
     from reasonrec.vlm.finetune import FinetuneConfig
 
     values = load_yaml(args.config)
-    for flag in ("steps", "batch_size", "lr", "lora_rank", "workers", "cpus_per_worker", "eval_users",
-                 "storage_path", "seed"):
+    for flag in ("steps", "warmup_steps", "batch_size", "lr", "lora_rank", "workers", "cpus_per_worker",
+                 "eval_users", "storage_path", "seed"):
         if getattr(args, flag) is not None:
             values[flag] = getattr(args, flag)
     if args.gpu:
@@ -205,7 +205,7 @@ def cmd_demo(args) -> dict:
                        cpus_per_worker=None, threads=None, storage_path=None, epochs=None))
     vlm_config = str(Path(__file__).parent / "configs" / "demo_vlm.yaml")
     vlm = cmd_finetune_vlm(ns(data=data, bundle=bundle, base=None, config=vlm_config, steps=args.vlm_steps,
-                              batch_size=None, lr=None, lora_rank=None, noise=None, workers=None,
+                              warmup_steps=None, batch_size=None, lr=None, lora_rank=None, noise=None, workers=None,
                               cpus_per_worker=None, gpu=False, eval_users=None, storage_path=None, seed=None))["vlm"]
     planner = cmd_fit_planner(ns(data=data, bundle=bundle, tasks=None, users=None, tolerance=None, vlm_backend=None,
                                  config=None))["planner"]
@@ -289,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "default: build the tiny Idefics3 from config and train it in full")
     p.add_argument("--config", help="YAML with FinetuneConfig fields (examples: {...}, curriculum: {...}, tiny: {...})")
     p.add_argument("--steps", type=int)
+    p.add_argument("--warmup-steps", type=int, help="steps on the short prompt form first (a model from scratch)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--lora-rank", type=int, help="0: full fine-tune")

@@ -197,3 +197,19 @@ def test_finetune_with_ray_train_commits_a_reloadable_vlm(vlm_bundle_uri, monkey
     model, processor = load(bundle.vlm_folder(tmp_path))
     with torch.no_grad():
         assert torch.isfinite(model(**processor(text=["Serum\nanswer:"], return_tensors="pt")).logits).all()
+
+
+def test_shipped_recipe_and_cli_flags_make_one_config():
+    from pathlib import Path
+
+    import reasonrec
+    from reasonrec.cli import build_parser, finetune_config
+
+    recipe = str(Path(reasonrec.__file__).parent / "configs" / "rvit_synthetic.yaml")
+    args = build_parser().parse_args(["finetune-vlm", "--data", "d", "--bundle", "b", "--config", recipe,
+                                      "--warmup-steps", "7"])
+    config = finetune_config(args)
+    assert config.warmup_steps == 7 and config.steps == 600 and config.lr == 2e-4
+    assert (config.tiny.hidden_size, config.tiny.layers) == (256, 4)
+    assert config.examples.decision == "answer" and config.examples.repeats == 8
+    assert config.examples.task_shares == {"direct": 1.0}
