@@ -220,8 +220,8 @@ def finetune_vlm(data_uri: str, bundle_uri: str, config: FinetuneConfig, base: s
     horizon = EvidenceHorizon.from_json(bundle.read("horizon.json"))
     tools = {name: bundle.load_tool(name) for name in (config.examples.tools or bundle.tool_names)}
     examples = build_examples(data, "train", horizon, tools, config.examples)
-    warmup = build_examples(data, "train", horizon, tools, config.examples, warmup=True) if config.warmup_steps \
-        else None
+    # No tools: the warm-up form has no deliberation lines, so scoring them again would be wasted.
+    warmup = build_examples(data, "train", horizon, {}, config.examples, warmup=True) if config.warmup_steps else None
     lora_rank = config.lora_rank if config.lora_rank is not None else (16 if base else 0)
     log(f"R-VIT: {examples.num_rows} training examples from {len(set(examples['user_id'].to_pylist()))} users, "
         f"tools {list(tools)}; {config.steps} steps x {config.batch_size} on {config.workers} worker(s), "
