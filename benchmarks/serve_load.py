@@ -96,7 +96,7 @@ def main() -> None:
     from reasonrec.bundle import Bundle
     from reasonrec.data.prepared import PreparedData
     from reasonrec.horizon import EvidenceHorizon
-    from reasonrec.serve.api import ServeConfig
+    from reasonrec.serve.api import ServeConfig, high_throughput_env
     from reasonrec.train.planner import copy_with_plan
     from reasonrec.vlm.deliberator import DeliberatorConfig
 
@@ -112,6 +112,8 @@ def main() -> None:
                         help="fixed replicas per deployment (0: ServeConfig's autoscaling); 1 fits 2 cores")
     parser.add_argument("--batch-wait", type=float, help="tool_batch_wait_s (default: ServeConfig's)")
     parser.add_argument("--plan", help="tau_low,tau_high,kappa,low: serve a copy of the bundle with this plan")
+    parser.add_argument("--default-proxy", action="store_true",
+                        help="Serve's Python proxy instead of the high-throughput mode (HAProxy ingress)")
     args = parser.parse_args()
 
     if args.plan:
@@ -130,10 +132,12 @@ def main() -> None:
                 "history": items[history.items[history.offsets[u]:history.offsets[u + 1]] - 1].tolist()}
         bodies["tools (route low)" if route == "low" else "VLM (route medium/high)"].append(body)
 
-    ray.init(include_dashboard=False, log_to_driver=False)
     port = free_port()
+    config = ServeConfig(score=score, port=port, high_throughput=not args.default_proxy)
+    # Before Ray starts: its processes inherit it (no 30 s drain of the ingress at the end: nothing balances here).
+    os.environ.update(high_throughput_env(config), RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S="0")
+    ray.init(include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    config = ServeConfig(score=score, port=port)
     if args.batch_wait is not None:
         config = dataclasses.replace(config, tool_batch_wait_s=args.batch_wait)
     if args.replicas:
@@ -151,6 +155,8 @@ def main() -> None:
     print(f"app up on {url}; {len(bodies['tools (route low)'])} route-low and "
           f"{len(bodies['VLM (route medium/high)'])} VLM-routed test users")
     for kind, count in (("tools (route low)", args.requests), ("VLM (route medium/high)", args.vlm_requests)):
+        if not count:
+            continue
         if not bodies[kind]:
             print(f"{kind}: no such users under the bundle's fitted plan")
             continue
@@ -158,8 +164,9 @@ def main() -> None:
         load(url, pool[:20], args.concurrency, None)  # warm-up: model loads, first batches
         rows.append((kind, load(url, pool, args.concurrency, args.rate or None)))
     serve.shutdown()
+    mode = "high-throughput (HAProxy ingress)" if config.high_throughput else "default proxy"
     print(f"\nconcurrency {args.concurrency}, paced at {args.rate or 'max'} req/s, loopback, "
-          f"{os.cpu_count()} cores, replicas {args.replicas or 'autoscaled'}")
+          f"{os.cpu_count()} cores, replicas {args.replicas or 'autoscaled'}, Serve mode: {mode}")
     print(f"{'requests':>24} {'n':>6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
     floor = dict(rows).get("floor (no-op app)")
     for kind, r in rows:

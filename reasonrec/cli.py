@@ -116,20 +116,32 @@ def serve_config(args):
         values.setdefault("score", {})["mode"] = args.mode
     if args.vlm_backend:
         values.setdefault("score", {}).setdefault("deliberator", {})["backend"] = args.vlm_backend
+    if args.default_proxy:
+        values["high_throughput"] = False
     return from_dict(ServeConfig, values)
 
 
 def cmd_serve(args) -> dict:
+    import os
+
+    import ray
     from ray import serve
 
     from actors.serve import build
+    from reasonrec.serve.api import high_throughput_env
 
     config = serve_config(args)
+    if not ray.is_initialized():
+        # Ray's processes inherit this process's environment when it starts a local Ray; a cluster's own (cluster/,
+        # manifests/) decides there.
+        os.environ.update(high_throughput_env(config))
     _ray_init()
     serve.start(http_options={"host": config.host, "port": config.port})
     serve.run(build(config, storage.absolute(args.bundle)), name="reasonrec", route_prefix="/")
     url = f"http://{config.host}:{config.port}"
-    print(f"serving {args.bundle} at {url}/v1/recommend (OpenAPI: {url}/docs, health: {url}/healthz); Ctrl-C stops")
+    mode = "high-throughput (HAProxy ingress)" if config.high_throughput else "default proxy"
+    print(f"serving {args.bundle} at {url}/v1/recommend (OpenAPI: {url}/docs, health: {url}/healthz; "
+          f"Serve mode: {mode}); Ctrl-C stops")
     if args.no_block:
         return {"url": url}
     try:
@@ -332,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="default 8000")
     p.add_argument("--mode", choices=("tools-only", "vlm-only", "vlm+tools-always", "planner"))
     p.add_argument("--vlm-backend", choices=("auto", "transformers", "vllm"))
+    p.add_argument("--default-proxy", action="store_true",
+                   help="Serve's Python proxy instead of the high-throughput mode (HAProxy ingress)")
     p.add_argument("--config", help="YAML with ServeConfig fields (score: {ScoreConfig fields}, replicas, batching)")
     p.add_argument("--no-block", action="store_true", help="return once the app is up (scripts, tests)")
     p.set_defaults(func=cmd_serve)

@@ -51,6 +51,10 @@ def ray_session(s3_endpoint):
     """One Ray instance for the whole test session (started after the S3 env is set, so workers inherit it)."""
     import ray
 
+    from reasonrec.serve.api import ServeConfig, high_throughput_env
+
+    # Serve in the mode `reasonrec serve` runs in (HAProxy ingress), without the 30 s drain a load balancer needs.
+    os.environ.update(high_throughput_env(ServeConfig()), RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S="0")
     ray.init(num_cpus=2, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -113,3 +113,21 @@ def test_serve_configs_validate_and_point_at_the_app_builder(name, config):
     from_dict(ServeConfig, args)  # every field and nested ScoreConfig field is real
     if name == "serve.yaml":
         assert config["http_options"]["host"] == "127.0.0.1"  # local runs bind loopback by default
+
+
+def test_every_ray_start_of_the_serving_deployments_is_in_serve_high_throughput_mode():
+    """The mode is an environment every Serve process must start with (ServeConfig.high_throughput)."""
+    from reasonrec.serve.api import HIGH_THROUGHPUT_ENV
+
+    for path in CLUSTERS:
+        config = yaml.safe_load(path.read_text())
+        starts = [c for c in config["head_start_ray_commands"] + config["worker_start_ray_commands"] if "ray start" in c]
+        assert len(starts) == 2, path.name
+        for command in starts:
+            prefix = command.split("ray start")[0]
+            assert all(f"{name}={value} " in prefix for name, value in HIGH_THROUGHPUT_ENV.items()), command
+    service = yaml.safe_load((REPO / "manifests" / "rayservice.yaml").read_text())["spec"]["rayClusterConfig"]
+    groups = [service["headGroupSpec"], *service["workerGroupSpecs"]]
+    for group in groups:
+        (container,) = group["template"]["spec"]["containers"]
+        assert {e["name"]: e["value"] for e in container["env"]} == HIGH_THROUGHPUT_ENV, container["name"]

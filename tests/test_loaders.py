@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -79,3 +80,19 @@ def test_real_datasets_have_published_counts():
     ml = loaders.load(str(data / "movielens_100k"), "recbole")
     assert ml.interactions.num_rows == 100_000 and ml.items.num_rows == 1_682
     assert ml.items.to_pylist()[0]["title"] == "Toy Story"
+
+
+def test_vocab_index_agrees_on_both_lookup_paths():
+    """Few ids go through a dict, many through pandas' hash index: the same answers, unknowns -1."""
+    from reasonrec.data.vocab import SMALL, Vocab
+
+    vocab = Vocab([f"i{n:05d}" for n in range(5000)], offset=1)
+    queries = np.array([f"i{n:05d}" for n in np.random.default_rng(0).integers(-50, 5050, 3 * SMALL)], dtype=object)
+    queries[::97] = None
+    many = vocab.index(queries)
+    few = np.concatenate([vocab.index(queries[lo:lo + SMALL // 4]) for lo in range(0, len(queries), SMALL // 4)])
+    np.testing.assert_array_equal(many, few)
+    known = np.array([q is not None and q.startswith("i0") and 0 <= int(q[1:]) < 5000 for q in queries])
+    np.testing.assert_array_equal(many >= 1, known)
+    np.testing.assert_array_equal(vocab.lookup(many[known]), queries[known])
+    assert vocab.index(pa.array(["i00007", "nope"])).tolist() == [8, -1]

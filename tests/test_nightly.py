@@ -142,6 +142,28 @@ def test_batch_answers_rank_exactly_like_the_evaluator(bundle_uri, synthetic_dat
     assert not any(results.column("vlm_called").to_pylist())
 
 
+@pytest.mark.parametrize("task", ["sequential", "direct"])
+def test_a_row_the_primary_tool_answers_alone_costs_that_tool_only(bundle_uri, synthetic_data, task):
+    """Route low in planner mode (DESIGN.md §4): only the primary tool scores the row, and the answer is the one
+    the row gets when every tool is scored."""
+    bundle, config = Bundle(bundle_uri), ScoreConfig(batch_size=200, mode="planner")
+    rows = HorizonStage(bundle, config)(stream(requests_for_split(synthetic_data, "test", task, k=10).slice(0, 40)))
+    rows = rows.set_column(rows.schema.get_field_index("route"), "route", pa.array(["low"] * rows.num_rows))
+    lean, full = ToolStage(bundle, config), ToolStage(bundle, config)
+    full.planner.paths_before_vlm = lambda mode, task, routes: np.full(len(routes), "vote", dtype=object)
+    called = []
+    for name, tool in lean.tools.items():
+        score = tool.score
+        tool.score = lambda history, name=name, score=score: called.append(name) or score(history)
+    lean_rows, full_rows = lean(rows), full(rows)
+    assert called == [config.primary[task]]
+    assert lean_rows.column("pool").null_count == rows.num_rows
+    assert full_rows.column("pool").null_count == 0
+    columns = ["user_id", "ranked", "confidence", "tools", "trace", "path", "tools_top"]
+    planner = PlannerStage(bundle, config)
+    assert planner(lean_rows).select(columns).to_pylist() == planner(full_rows).select(columns).to_pylist()
+
+
 def test_unknown_user_and_unknown_history_items_are_answered(bundle_uri):
     rows = request_rows(user_id=["new-user", "odd-history"], history=[None, ["never-seen-item"]])
     out = answer(bundle_uri, rows)

@@ -182,3 +182,15 @@ def test_a_mixed_batch_answers_each_request_in_its_own_slot(routed_bundle_uri, p
             got = reply.to_pylist()[0] if isinstance(reply, pa.Table) else reply
             assert (got["user_id"], got["task"]) == (request["user_id"], request["task"])
     assert any(isinstance(a, pa.Table) for a in together) and any(isinstance(a, dict) for a in together)
+
+
+def test_the_port_is_held_by_haproxy_in_high_throughput_mode(served):
+    """Serve's high-throughput mode (the default of ServeConfig): HAProxy, not the Python proxy, holds the port."""
+    import psutil
+
+    port = int(served.rsplit(":", 1)[1])
+    holders = {c.pid for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+    assert holders, f"nothing listens on {port}"
+    assert {psutil.Process(pid).name() for pid in holders} == {"haproxy"}
+    assert all(c.laddr.ip == "127.0.0.1" for c in psutil.net_connections("tcp") if c.pid in holders
+               and c.status == psutil.CONN_LISTEN and c.laddr.port == port)

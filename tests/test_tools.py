@@ -61,6 +61,18 @@ def test_scores_are_full_catalogue_and_history_is_excluded(trained, synthetic_da
     assert torch.isinf(scores[rows, history.items]).all()
 
 
+@pytest.mark.parametrize("name", ["pop", *TASK_OF])
+def test_a_users_scores_do_not_depend_on_who_else_is_in_the_batch(trained, synthetic_data, name):
+    """Left padding to the batch's longest history must not reach a user's scores (GRU4Rec once read it)."""
+    history = synthetic_data.eval_set("test").history
+    rows = np.argsort(history.lengths)[[0, 1, 2, -1]]  # short histories, then the longest
+    with torch.no_grad():
+        together = trained[name].score(history.select(rows))
+        for i, row in enumerate(rows[:3]):
+            alone = trained[name].score(history.select(np.array([row])))
+            assert torch.allclose(alone[0], together[i], atol=1e-4), (name, row)
+
+
 def test_unknown_user_gets_a_finite_score(trained, synthetic_data):
     history = synthetic_data.eval_set("test").history.select(np.arange(2))
     history.user_ids = np.array(["never-seen", "also-new"], dtype=object)

@@ -271,6 +271,8 @@ class Validator:
 
     def _unknown_candidates(self, candidates: pa.ChunkedArray) -> np.ndarray:
         lengths = _np(pc.fill_null(pc.list_value_length(candidates), 0))
+        if not lengths.any():
+            return np.zeros(len(lengths), dtype=np.int64)
         bad = self.catalogue.index(pc.list_flatten(candidates)) < 0
         return np.bincount(np.repeat(np.arange(len(lengths)), lengths)[bad], minlength=len(lengths))
 

@@ -3,6 +3,8 @@
 Per row it adds the majority vote's top ``max(shortlist, k)`` items (``pool``: the VLM's candidates are its first
 ``shortlist``, the rest is the tail of a final ranking), each tool's raw scores on the shortlist (``tool_scores``,
 tool-major, -inf on padding), and the primary tool's own top k with its confidence (the answer of route low).
+A row the planner hands to the primary tool alone (route low in planner mode, DESIGN.md §4) is scored by that tool
+only: its vote columns stay null, as nothing downstream reads them.
 Rows rejected by an earlier stage pass through with null signals, so every row reaches the sink.
 """
 from __future__ import annotations
@@ -14,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from reasonrec.batch.config import ScoreConfig, consulted_tools
+from reasonrec.batch.config import ScoreConfig, consulted_tools, make_planner
 from reasonrec.batch.requests import history_sequences
 from reasonrec.bundle import Bundle
 from reasonrec.data.vocab import Vocab
@@ -37,29 +39,61 @@ class ToolStage:
         self.config = config
         self.names = consulted_tools(bundle, config)
         self.tools: dict[str, Tool] = {name: bundle.load_tool(name, holdout) for name in self.names}
+        self.planner = make_planner(bundle, config)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        ok = batch.column("error").is_null()
-        parts = [_without_signals(batch.filter(pc.invert(ok)))]
-        for task in self.config.primary:
-            rows = batch.filter(pc.and_(ok, pc.equal(batch.column("task"), task)))
-            if rows.num_rows:
-                parts.append(self.signals(rows, task))
+        ok = batch.column("error").is_null().to_numpy(zero_copy_only=False)
+        task = pc.fill_null(batch.column("task"), "").to_numpy(zero_copy_only=False)
+        alone = ok & (self.planner.paths_before_vlm(self.config.mode, task, batch.column("route").to_numpy(
+            zero_copy_only=False)) == "tool")
+        if len(ok) and ok.all() and (task == task[0]).all() and (alone == alone[0]).all() and task[0] in self.config.primary:
+            return self.signals(batch, task[0], bool(alone[0]))  # one group (a served request): no regrouping
+        parts = [_without_signals(batch.filter(pa.array(~ok)))]
+        for name in self.config.primary:
+            for primary_only in (False, True):
+                rows = batch.filter(pa.array(ok & (task == name) & (alone == primary_only)))
+                if rows.num_rows:
+                    parts.append(self.signals(rows, name, primary_only))
         return pa.concat_tables(parts)
 
     @torch.no_grad()
-    def signals(self, batch: pa.Table, task: str) -> pa.Table:
+    def signals(self, batch: pa.Table, task: str, primary_only: bool = False) -> pa.Table:
         start = time.perf_counter()
         history = history_sequences(batch, self.vocab)
-        raw = {name: tool.score(history) for name, tool in self.tools.items()}
-        vote = torch.stack([normalise(s) for s in raw.values()]).mean(dim=0)  # the evaluator's Majority Vote
+        primary_name = self.config.primary[task]
+        names = [primary_name] if primary_only else self.names
+        raw = {name: self.tools[name].score(history) for name in names}
+        vote = None if primary_only else torch.stack([normalise(s) for s in raw.values()]).mean(dim=0)  # Majority Vote
         k = torch.from_numpy(batch.column("k").to_numpy().astype(np.int64))
         if task == "sequential":
-            for scores in (*raw.values(), vote):
+            for scores in (*raw.values(), *([] if vote is None else [vote])):
                 exclude_seen(scores, history)
             eligible = None
         else:
             eligible = _candidate_matrix(batch.column("candidates"), self.vocab)
+        primary = raw[primary_name]
+        primary_values, primary_items = _top(primary, eligible, int(k.max()))
+        eligible_scores = primary if eligible is None else primary.gather(1, eligible.clamp(min=0)).masked_fill(
+            eligible < 0, float("-inf"))
+        confidence = torch.exp(primary_values[:, 0] - torch.logsumexp(eligible_scores, dim=1)).nan_to_num(0.0)
+        rows = batch.num_rows
+        columns = {
+            "primary_items": _lists(primary_items, _within_k(primary_values, k), self.vocab),
+            "primary_scores": _lists(primary_values, _within_k(primary_values, k)),
+            "tool_confidence": pa.array(confidence.numpy(), pa.float32()),
+        }
+        if vote is None:
+            columns.update({f.name: pa.nulls(rows, f.type) for f in SIGNALS if f.name not in columns})
+        else:
+            columns.update(self._vote(raw, vote, eligible, k))
+        columns["latency_ms"] = pa.array(np.full(rows, 1000 * (time.perf_counter() - start) / rows), pa.float32())
+        for field in SIGNALS:
+            batch = batch.append_column(field, columns[field.name])
+        return batch
+
+    def _vote(self, raw: dict[str, torch.Tensor], vote: torch.Tensor, eligible: torch.Tensor | None,
+              k: torch.Tensor) -> dict[str, pa.Array]:
+        """The vote's pool and every tool's scores on its shortlist."""
         n = self.config.shortlist
         pool_scores, pool = _top(vote, eligible, max(int(k.max()), n))
         short = pool[:, :n].clamp(min=0)
@@ -69,27 +103,13 @@ class ToolStage:
             short = torch.nn.functional.pad(short, (0, pad))
             padding = torch.nn.functional.pad(padding, (0, pad), value=True)
         tool_scores = torch.stack([s.gather(1, short).masked_fill(padding, float("-inf")) for s in raw.values()])
-        primary = raw[self.config.primary[task]]
-        primary_values, primary_items = _top(primary, eligible, int(k.max()))
-        eligible_scores = primary if eligible is None else primary.gather(1, eligible.clamp(min=0)).masked_fill(
-            eligible < 0, float("-inf"))
-        confidence = torch.exp(primary_values[:, 0] - torch.logsumexp(eligible_scores, dim=1)).nan_to_num(0.0)
-        latency_ms = 1000 * (time.perf_counter() - start) / batch.num_rows
-        rows = batch.num_rows
-        columns = {
+        return {
             "pool": _lists(pool, torch.isfinite(pool_scores), self.vocab),
             "pool_scores": _lists(pool_scores, torch.isfinite(pool_scores)),
             "tool_scores": pa.FixedSizeListArray.from_arrays(
                 pa.array(tool_scores.permute(1, 0, 2).reshape(-1).numpy(), pa.float32()), len(raw) * n).cast(
                 pa.list_(pa.float32())),
-            "primary_items": _lists(primary_items, _within_k(primary_values, k), self.vocab),
-            "primary_scores": _lists(primary_values, _within_k(primary_values, k)),
-            "tool_confidence": pa.array(confidence.numpy(), pa.float32()),
-            "latency_ms": pa.array(np.full(rows, latency_ms), pa.float32()),
         }
-        for field in SIGNALS:
-            batch = batch.append_column(field, columns[field.name])
-        return batch
 
 
 def _top(scores: torch.Tensor, eligible: torch.Tensor | None, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -53,7 +53,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     tool_batch_size: int = 32  # @serve.batch: requests the tool replica scores together
-    tool_batch_wait_s: float = 0.005
+    tool_batch_wait_s: float = 0.002  # a lone request waits this long for company: keep it short
     vlm_batch_size: int = 16
     vlm_batch_wait_s: float = 0.02
     # Serve autoscaling configs; a batching deployment counts a batch's requests as ongoing at once.
@@ -65,3 +65,16 @@ class ServeConfig:
     ingress_max_ongoing: int = 64  # requests one ingress replica holds at once (Serve's default is 5)
     cpus_per_replica: float = 0.25
     torch_threads: int = 1  # per replica: replicas share the node's cores, one thread each avoids oversubscription
+    # Ray Serve's high-throughput mode: HAProxy holds the HTTP port and forwards straight to the ingress replicas (no
+    # Python proxy hop), replicas call each other over gRPC and run user code on their main loop. Every Serve
+    # process must start with it, so it is an environment of the Ray processes (``high_throughput_env``):
+    # ``reasonrec serve`` sets it for the Ray it starts; a cluster sets it where it starts Ray (cluster/, manifests/).
+    high_throughput: bool = True
+
+
+HIGH_THROUGHPUT_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+
+
+def high_throughput_env(config: ServeConfig) -> dict[str, str]:
+    """What the Ray processes' environment must hold before Ray starts for ``config``'s Serve mode."""
+    return dict(HIGH_THROUGHPUT_ENV) if config.high_throughput else {}

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from reasonrec.batch.config import ScoreConfig
 from reasonrec.batch.horizon_stage import HorizonStage
@@ -65,7 +64,8 @@ def request_table(requests: list[dict]) -> pa.Table:
 
 def in_order(table: pa.Table) -> pa.Table:
     """The stages group rows (rejected first, then by task): put them back in request order."""
-    return table.take(pc.sort_indices(table.column("row")))
+    row = table.column("row").to_numpy()
+    return table if (np.diff(row) > 0).all() else table.take(np.argsort(row, kind="stable"))
 
 
 def renumbered(rows: list[pa.Table]) -> pa.Table:

@@ -30,6 +30,15 @@ class GRU4Rec(SequentialTool):
         nn.init.normal_(self.item_emb.weight, std=0.02)
 
     def encode(self, seq: torch.Tensor) -> torch.Tensor:
-        # Left padding: the GRU reads zeros first, and its state at the last column is the user's.
-        hidden, _ = self.gru(self.drop(self.item_emb(seq)))
+        # The GRU must not read the left padding: its state would depend on the longest history in the batch, so a
+        # user's scores would depend on who else is in the batch. Run it packed over the items alone (an empty
+        # history reads one padding step), then put the outputs back in the left-padded layout.
+        width = seq.shape[1]
+        lengths = (seq > 0).sum(dim=1).clamp(min=1)
+        shift = (width - lengths)[:, None]
+        right = seq.gather(1, (torch.arange(width)[None, :] + shift) % width)  # items first
+        packed = nn.utils.rnn.pack_padded_sequence(self.drop(self.item_emb(right)), lengths, batch_first=True,
+                                                   enforce_sorted=False)
+        hidden, _ = nn.utils.rnn.pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=width)
+        hidden = hidden.gather(1, ((torch.arange(width)[None, :] - shift) % width)[:, :, None].expand_as(hidden))
         return self.out(self.drop(hidden))
