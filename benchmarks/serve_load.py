@@ -161,7 +161,7 @@ def main() -> None:
             print(f"{kind}: no such users under the bundle's fitted plan")
             continue
         pool = _repeat(bodies[kind], count)
-        load(url, pool[:20], args.concurrency, None)  # warm-up: model loads, first batches
+        load(url, pool[:100], args.concurrency, None)  # warm-up: model loads, first batches
         rows.append((kind, load(url, pool, args.concurrency, args.rate or None)))
     serve.shutdown()
     mode = "high-throughput (HAProxy ingress)" if config.high_throughput else "default proxy"

@@ -53,7 +53,8 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     tool_batch_size: int = 32  # @serve.batch: requests the tool replica scores together
-    tool_batch_wait_s: float = 0.002  # a lone request waits this long for company: keep it short
+    # 0: a batch is what queued while the replica was busy (a lone request never waits; load makes batches grow)
+    tool_batch_wait_s: float = 0.0
     vlm_batch_size: int = 16
     vlm_batch_wait_s: float = 0.02
     # Serve autoscaling configs; a batching deployment counts a batch's requests as ongoing at once.
