@@ -121,7 +121,8 @@ def test_every_ray_start_of_the_serving_deployments_is_in_serve_high_throughput_
 
     for path in CLUSTERS:
         config = yaml.safe_load(path.read_text())
-        starts = [c for c in config["head_start_ray_commands"] + config["worker_start_ray_commands"] if "ray start" in c]
+        commands = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+        starts = [c for c in commands if "ray start" in c]
         assert len(starts) == 2, path.name
         for command in starts:
             prefix = command.split("ray start")[0]

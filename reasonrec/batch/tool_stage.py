@@ -46,8 +46,9 @@ class ToolStage:
         task = pc.fill_null(batch.column("task"), "").to_numpy(zero_copy_only=False)
         alone = ok & (self.planner.paths_before_vlm(self.config.mode, task, batch.column("route").to_numpy(
             zero_copy_only=False)) == "tool")
-        if len(ok) and ok.all() and (task == task[0]).all() and (alone == alone[0]).all() and task[0] in self.config.primary:
-            return self.signals(batch, task[0], bool(alone[0]))  # one group (a served request): no regrouping
+        one_group = len(ok) and ok.all() and (task == task[0]).all() and (alone == alone[0]).all()
+        if one_group and task[0] in self.config.primary:  # e.g. a served request: no regrouping
+            return self.signals(batch, task[0], bool(alone[0]))
         parts = [_without_signals(batch.filter(pa.array(~ok)))]
         for name in self.config.primary:
             for primary_only in (False, True):

@@ -1,6 +1,7 @@
-"""String id <-> dense integer index, vectorised (pandas hash index)."""
+"""String id <-> dense integer index: pandas' hash index for batches, a dict for a request's few ids."""
 from __future__ import annotations
 
+import functools
 import itertools
 
 import numpy as np
@@ -26,7 +27,11 @@ class Vocab:
         if not self._index.is_unique:
             dup = self._index[self._index.duplicated()][0]
             raise ValueError(f"duplicate id {dup!r} in vocabulary")
-        self._positions = dict(zip(self.ids.tolist(), range(offset, offset + len(self.ids))))
+
+    @functools.cached_property
+    def _positions(self) -> dict:
+        """Built on the first small lookup (serving): a batch job never pays its memory."""
+        return dict(zip(self.ids.tolist(), range(self.offset, self.offset + len(self.ids))))
 
     def __len__(self) -> int:
         return len(self.ids)
