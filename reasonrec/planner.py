@@ -22,6 +22,7 @@ import numpy as np
 MODES = ("tools-only", "vlm-only", "vlm+tools-always", "planner")
 SAME_AS = {"ctr": "direct"}  # CTR requests rank their candidates like direct ones and share its fitted policy
 PATHS = ("tool", "vote", "vlm", "aggregate")
+ROUTES = np.array(["low", "medium", "high"], dtype=object)
 
 
 @dataclasses.dataclass
@@ -153,13 +154,9 @@ class Planner:
         return self.policies.get(SAME_AS.get(task, task)) or self.default
 
     def routes(self, task: np.ndarray, horizon: np.ndarray) -> np.ndarray:
-        out = np.full(len(horizon), "high", dtype=object)
-        for name in np.unique(task):
-            rows = task == name
-            p = self.policy(name)
-            c = horizon[rows]
-            out[rows] = np.select([c < p.tau_low, c <= p.tau_high], ["low", "medium"], "high")
-        return out
+        tau_low = self._per_task(task, lambda t: self.policy(t).tau_low).astype(np.float64)
+        tau_high = self._per_task(task, lambda t: self.policy(t).tau_high).astype(np.float64)
+        return ROUTES[np.where(horizon < tau_low, 0, np.where(horizon <= tau_high, 1, 2))]
 
     def paths_before_vlm(self, mode: str, task: np.ndarray, routes: np.ndarray) -> np.ndarray:
         """Who answers each row before the VLM's confidence is known (medium rows may still escalate)."""
@@ -168,8 +165,11 @@ class Planner:
         fixed = {"tools-only": "vote", "vlm-only": "vlm", "vlm+tools-always": "aggregate"}
         if mode in fixed:
             return np.full(len(routes), fixed[mode], dtype=object)
-        low = self._per_task(task, lambda t: self.policy(t).low).astype(object)
-        return np.select([routes == "low", routes == "medium"], [low, "vlm"], "aggregate").astype(object)
+        path = np.full(len(routes), "aggregate", dtype=object)
+        path[routes == "medium"] = "vlm"
+        low = routes == "low"
+        path[low] = self._per_task(task[low], lambda t: self.policy(t).low)
+        return path
 
     def needs_vlm(self, mode: str, routes: np.ndarray) -> np.ndarray:
         """Route low never asks the VLM in planner mode; other modes ask it on every row or none."""
@@ -197,8 +197,8 @@ class Planner:
         out_conf = np.zeros(rows, dtype=np.float32)
 
         tool_rows = path == "tool"
-        scores[tool_rows] = tool_scores[self._primary_index(task[tool_rows]), np.flatnonzero(tool_rows)] \
-            if tool_rows.any() else scores[tool_rows]
+        primary = self._primary_index(task[tool_rows])
+        scores[tool_rows] = tool_scores[primary, np.flatnonzero(tool_rows)] if tool_rows.any() else scores[tool_rows]
         out_conf[tool_rows] = tool_confidence[tool_rows]
         vote_rows = path == "vote"
         scores[vote_rows] = vote[vote_rows]
@@ -210,30 +210,35 @@ class Planner:
         scores[vlm_rows] = np.where(np.isfinite(vote[vlm_rows]), np.nan_to_num(vlm[vlm_rows], nan=0.0), -np.inf)
         out_conf[vlm_rows] = confidence[vlm_rows]
         agg_rows = path == "aggregate"
-        for name in np.unique(task[agg_rows]):
+        for name in np.unique(task[agg_rows]) if agg_rows.any() else ():
             r = agg_rows & (task == name)
             scores[r] = self.aggregator(name).logits(tool_scores[:, r], vote[r], vlm[r], confidence[r], horizon[r])
             out_conf[r] = softmax_top(scores[r])
 
         consulted = np.zeros((rows, len(self.tools)), dtype=bool)
-        consulted[np.flatnonzero(tool_rows), self._primary_index(task[tool_rows])] = True
+        consulted[np.flatnonzero(tool_rows), primary] = True
         consulted[vote_rows | agg_rows] = True
         vlm_top = np.argmax(np.nan_to_num(vlm, nan=-1.0), axis=1)
         final_top = np.argmax(np.nan_to_num(scores, neginf=-1e30), axis=1)
         overrode = agg_rows & (vlm_top != vote_top) & (final_top == vlm_top)
-        return Decision(path, scores, out_conf, np.isin(path, ["vlm", "aggregate"]), escalated, consulted, overrode)
+        return Decision(path, scores, out_conf, vlm_rows | agg_rows, escalated, consulted, overrode)
 
     def _primary_index(self, task: np.ndarray) -> np.ndarray:
-        missing = {self.primary.get(t) for t in np.unique(task)} - set(self.tools)
-        if missing:
-            raise ValueError(f"primary tool(s) {sorted(map(str, missing))} are not among the consulted tools {self.tools}")
-        return self._per_task(task, lambda t: self.tools.index(self.primary[t])).astype(np.int64)
+        def index(t: str) -> int:
+            if self.primary.get(t) not in self.tools:
+                raise ValueError(f"primary tool {self.primary.get(t)!r} of task {t!r} is not among the consulted "
+                                 f"tools {self.tools}")
+            return self.tools.index(self.primary[t])
+
+        return self._per_task(task, index).astype(np.int64)
 
     @staticmethod
     def _per_task(task: np.ndarray, value) -> np.ndarray:
         """``value(task)`` for every row, computed once per distinct task."""
         if not len(task):
             return np.zeros(0, dtype=object)
+        if (task == task[0]).all():  # one task, e.g. a served request: no sort of strings
+            return np.full(len(task), value(task[0]), dtype=object)
         names, inverse = np.unique(np.asarray(task, dtype=str), return_inverse=True)
         return np.array([value(n) for n in names], dtype=object)[inverse.reshape(-1)]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from reasonrec.batch.columns import strings
 from reasonrec.batch.config import ScoreConfig, make_planner
 from reasonrec.batch.requests import Validator, history_indices
 from reasonrec.bundle import Bundle
@@ -26,5 +26,4 @@ class HorizonStage:
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         c = self.horizon.apply(lengths, offsets, items)
         batch = batch.append_column("horizon", pa.array(c, pa.float32()))
-        task = pc.fill_null(batch.column("task"), "").to_numpy(zero_copy_only=False)
-        return batch.append_column("route", pa.array(self.planner.routes(task, c), pa.string()))
+        return batch.append_column("route", pa.array(self.planner.routes(strings(batch.column("task")), c), pa.string()))

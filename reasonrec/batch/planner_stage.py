@@ -12,29 +12,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from reasonrec.batch.config import ScoreConfig, make_planner
+from reasonrec.batch.columns import padded
+from reasonrec.batch.requests import STREAM
 from reasonrec.bundle import Bundle
 from reasonrec.data import schemas
 from reasonrec.data.vocab import Vocab
 
 ANSWER_COLUMNS = ("confidence", "ranked", "tools", "trace", "model_version", "latency_ms", "path", "vlm_called",
                   "escalated", "overrode", "vlm_top", "tools_top")
-
-
-def padded(column: pa.ChunkedArray, width: int | None = None, fill=np.nan, to=None) -> np.ndarray:
-    """A list column as a (rows, width) matrix; ``to`` maps the flat values (e.g. ids -> indices)."""
-    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if column.null_count == len(column):  # e.g. the vote columns of rows one tool answers alone
-        return np.full((len(column), max(width or 0, 1)), fill, dtype=np.int64 if to else np.float64)
-    lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    flat = pc.list_flatten(column)
-    values = to(flat) if to else flat.to_numpy(zero_copy_only=False)
-    width = int(lengths.max(initial=0)) if width is None else width
-    out = np.full((len(lengths), max(width, 1)), fill, dtype=values.dtype if to else np.float64)
-    rows = np.repeat(np.arange(len(lengths)), lengths)
-    cols = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    inside = cols < out.shape[1]
-    out[rows[inside], cols[inside]] = values[inside]
-    return out
 
 
 class PlannerStage:
@@ -82,7 +67,7 @@ class PlannerStage:
 
         vlm_top = np.where(d.vlm_called, shortlist[np.arange(rows), np.argmax(np.nan_to_num(vlm, nan=-1), 1)], -1)
         primary_top = items[:, 0]
-        tools_top = np.select([d.path == "tool", np.isin(d.path, ["vote", "aggregate"])], [primary_top, pool[:, 0]], -1)
+        tools_top = np.where(d.path == "tool", primary_top, np.where((d.path == "vote") | (d.path == "aggregate"), pool[:, 0], -1))
         names = _tool_names(d.consulted, tools)
         latency = batch.column("latency_ms").to_numpy(zero_copy_only=False) + 1000 * (time.perf_counter() - start) / rows
         answers = {
@@ -110,7 +95,7 @@ class PlannerStage:
         primary = padded(batch.column("primary_items"), fill=-1, to=self.vocab.index)
         width = max(pool.shape[1], primary.shape[1], n)
         items, scores = _widened(pool, width, -1), _widened(pool_scores, width, -np.inf)
-        reranked = np.isin(d.path, ["vlm", "aggregate"])
+        reranked = d.vlm_called  # the vlm and aggregate paths
         if reranked.any():
             order = np.argsort(-np.nan_to_num(d.scores[reranked], neginf=-1e30), axis=1, kind="stable")
             short_scores = np.take_along_axis(d.scores[reranked], order, axis=1)
@@ -130,11 +115,14 @@ class PlannerStage:
         def text(values) -> pa.Array:
             return pa.array(np.asarray(values).astype(str), pa.string())
 
-        vlm_part = pc.if_else(pa.array(d.vlm_called), pc.binary_join_element_wise(
-            _ids(vlm_top, self.vocab), text(np.char.mod("%.2f", np.nan_to_num(vlm_conf))), " "), "-")
-        consulted = pc.greater(pc.list_value_length(names), 0)
-        tools_part = pc.if_else(consulted, pc.binary_join_element_wise(
-            pc.binary_join(names, ", "), _ids(tools_top, self.vocab), " -> "), "-")
+        vlm_part, tools_part = "-", "-"  # a served batch often has no row of one kind: skip its kernels
+        if d.vlm_called.any():
+            vlm_part = pc.if_else(pa.array(d.vlm_called), pc.binary_join_element_wise(
+                _ids(vlm_top, self.vocab), text(np.char.mod("%.2f", np.nan_to_num(vlm_conf))), " "), "-")
+        consulted = d.consulted.any(axis=1)
+        if consulted.any():
+            tools_part = pc.if_else(pa.array(consulted), pc.binary_join_element_wise(
+                pc.binary_join(names, ", "), _ids(tools_top, self.vocab), " -> "), "-")
         path = np.where(d.escalated, np.char.add(d.path.astype(str), " (escalated)"), d.path.astype(str))
         return pc.binary_join_element_wise(
             "EH: ", text(np.char.mod("%.2f", batch.column("horizon").to_numpy(zero_copy_only=False))),
@@ -161,7 +149,7 @@ def _ids(indices: np.ndarray, vocab: Vocab) -> pa.Array:
 
 def _tool_names(consulted: np.ndarray, tools: list[str]) -> pa.ListArray:
     counts = consulted.sum(axis=1)
-    flat = np.broadcast_to(np.array(tools, dtype=object), consulted.shape)[consulted]
+    flat = np.array(tools, dtype=object)[np.nonzero(consulted)[1]]
     return pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(counts)]), pa.int32()),
                                     pa.array(flat, pa.string()))
 
@@ -182,8 +170,6 @@ def _without_answers(batch: pa.Table) -> pa.Table:
 
 
 def _answered_schema() -> pa.Schema:
-    from reasonrec.batch.requests import STREAM
-
     results = {f.name: f for f in schemas.RESULTS}
     return pa.schema([*STREAM, pa.field("horizon", pa.float32()), pa.field("route", pa.string()),
                       *(results[name] for name in ANSWER_COLUMNS)])

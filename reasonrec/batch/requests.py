@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from reasonrec import storage
+from reasonrec.batch.columns import as_mask, list_parts, nulls, to_numpy
 from reasonrec.data import schemas
 from reasonrec.data.prepared import PreparedData, Sequences
 from reasonrec.data.vocab import Vocab
@@ -169,7 +170,7 @@ def duplicate_rows(shards: list[str], answered_tasks: tuple[str, ...], max_k: in
 def _reject_duplicates(table: pa.Table, duplicate_of: dict[int, str]) -> pa.Table:
     import pandas as pd
 
-    pos = pd.Index(np.fromiter(duplicate_of, dtype=np.int64)).get_indexer(_np(table.column("row")))
+    pos = pd.Index(np.fromiter(duplicate_of, dtype=np.int64)).get_indexer(to_numpy(table.column("row")))
     hit = pc.and_(pa.array(pos >= 0), table.column("error").is_null())
     if not pc.any(hit).as_py():
         return table
@@ -221,11 +222,13 @@ class Validator:
         self.max_k = max_k
         self.max_history = max_history
         self.answered_tasks = answered_tasks
+        self._tasks, self._answered = pa.array(schemas.TASKS), pa.array(answered_tasks, pa.string())
+        self._ranking_tasks = pa.array(["direct", "ctr"])
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
         reasons = np.full(n, None, dtype=object)
-        pending = _mask(batch.column("error").is_null())
+        pending = nulls(batch.column("error"))  # not rejected yet
 
         def reject(mask: np.ndarray, describe) -> None:
             rows = np.flatnonzero(mask & pending)
@@ -235,45 +238,46 @@ class Validator:
 
         user = batch.column("user_id")
         stripped = pc.utf8_trim_whitespace(user)
-        reject(_mask(user.is_null()), lambda r: "user_id: null")
-        reject(_mask(pc.equal(pc.utf8_length(stripped), 0)), lambda r: "user_id: empty")
-        reject(_mask(pc.not_equal(stripped, user)), lambda r: f"user_id: {_v(user, r)} has surrounding whitespace")
-        reject(_mask(pc.greater(pc.utf8_length(user), MAX_USER_ID_CHARS)),
+        reject(nulls(user), lambda r: "user_id: null")
+        reject(as_mask(pc.equal(pc.utf8_length(stripped), 0)), lambda r: "user_id: empty")
+        reject(as_mask(pc.not_equal(stripped, user)), lambda r: f"user_id: {_v(user, r)} has surrounding whitespace")
+        reject(as_mask(pc.greater(pc.utf8_length(user), MAX_USER_ID_CHARS)),
                lambda r: f"user_id: longer than {MAX_USER_ID_CHARS} characters")
-        reject(_mask(pc.invert(pc.utf8_is_printable(user))), lambda r: f"user_id: {_v(user, r)} is not printable")
+        reject(as_mask(pc.invert(pc.utf8_is_printable(user))), lambda r: f"user_id: {_v(user, r)} is not printable")
 
         task = batch.column("task")
-        reject(~_mask(pc.is_in(task, pa.array(schemas.TASKS))),
+        reject(~as_mask(pc.is_in(task, self._tasks)),
                lambda r: f"task: unknown {_v(task, r)}; expected one of {list(schemas.TASKS)}")
-        reject(~_mask(pc.is_in(task, pa.array(self.answered_tasks))),
+        reject(~as_mask(pc.is_in(task, self._answered)),
                lambda r: f"task: {_v(task, r)} is not answered by this job (it answers {list(self.answered_tasks)})")
 
         k = batch.column("k")
         in_range = pc.and_(pc.greater_equal(k, 1), pc.less_equal(k, self.max_k))
-        reject(~_mask(in_range), lambda r: f"k: {_v(k, r)} out of range [1, {self.max_k}]")
+        reject(~as_mask(in_range), lambda r: f"k: {_v(k, r)} out of range [1, {self.max_k}]")
 
-        n_history = pc.fill_null(pc.list_value_length(batch.column("history")), 0)
-        reject(_mask(pc.greater(n_history, self.max_history)),
-               lambda r: f"history: {_v(n_history, r)} items, more than max_history {self.max_history}")
+        n_history = list_parts(batch.column("history"))[0]
+        reject(n_history > self.max_history,
+               lambda r: f"history: {n_history[r]} items, more than max_history {self.max_history}")
 
         candidates = batch.column("candidates")
-        n_cand = pc.fill_null(pc.list_value_length(candidates), 0)
-        needs = pc.is_in(task, pa.array(["direct", "ctr"]))
-        reject(_mask(pc.and_(needs, pc.equal(n_cand, 0))), lambda r: f"candidates: task {_v(task, r)} needs a list")
-        unknown = self._unknown_candidates(candidates)
+        n_cand, items = list_parts(candidates)
+        reject(as_mask(pc.is_in(task, self._ranking_tasks)) & (n_cand == 0),
+               lambda r: f"candidates: task {_v(task, r)} needs a list")
+        unknown = self._unknown_candidates(n_cand, items)
         reject(unknown > 0, lambda r: f"candidates: {unknown[r]} not in the catalogue, e.g. "
                                       f"{self._first_unknown(candidates, r)!r}")
 
+        if np.equal(reasons, None).all():
+            return batch
         error = pc.coalesce(batch.column("error"), pa.array(reasons, pa.string()))
         stage = pc.if_else(pc.and_(batch.column("error").is_null(), error.is_valid()), "validate", batch.column("stage"))
         batch = batch.set_column(batch.schema.get_field_index("error"), "error", error)
         return batch.set_column(batch.schema.get_field_index("stage"), "stage", stage)
 
-    def _unknown_candidates(self, candidates: pa.ChunkedArray) -> np.ndarray:
-        lengths = _np(pc.fill_null(pc.list_value_length(candidates), 0))
+    def _unknown_candidates(self, lengths: np.ndarray, items: pa.Array) -> np.ndarray:
         if not lengths.any():
             return np.zeros(len(lengths), dtype=np.int64)
-        bad = self.catalogue.index(pc.list_flatten(candidates)) < 0
+        bad = self.catalogue.index(items) < 0
         return np.bincount(np.repeat(np.arange(len(lengths)), lengths)[bad], minlength=len(lengths))
 
     def _first_unknown(self, candidates: pa.ChunkedArray, row: int) -> str:
@@ -283,9 +287,8 @@ class Validator:
 
 def history_indices(batch: pa.Table, vocab: Vocab) -> tuple[np.ndarray, np.ndarray]:
     """Per row the history length, and the flat item indices (-1 for items not in the catalogue)."""
-    history = batch.column("history")
-    lengths = _np(pc.fill_null(pc.list_value_length(history), 0)).astype(np.int64)
-    return lengths, vocab.index(pc.list_flatten(history))
+    lengths, items = list_parts(batch.column("history"))
+    return lengths, vocab.index(items)
 
 
 def history_sequences(batch: pa.Table, vocab: Vocab) -> Sequences:
@@ -295,18 +298,7 @@ def history_sequences(batch: pa.Table, vocab: Vocab) -> Sequences:
     rows = np.repeat(np.arange(len(lengths)), lengths)
     kept = np.bincount(rows[known], minlength=len(lengths))
     offsets = np.concatenate([[0], np.cumsum(kept)]).astype(np.int64)
-    return Sequences(_np(batch.column("user_id")), offsets, items[known])
-
-
-def _mask(array) -> np.ndarray:
-    """A boolean condition as numpy; null (unknown) counts as False."""
-    return _np(pc.fill_null(array, False)).astype(bool)
-
-
-def _np(array) -> np.ndarray:
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    return array.to_numpy(zero_copy_only=False)
+    return Sequences(to_numpy(batch.column("user_id")), offsets, items[known])
 
 
 def _v(column: pa.ChunkedArray, row: int):

@@ -13,9 +13,9 @@ import time
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
+from reasonrec.batch.columns import nulls, padded, strings
 from reasonrec.batch.config import ScoreConfig, consulted_tools, make_planner
 from reasonrec.batch.requests import history_sequences
 from reasonrec.bundle import Bundle
@@ -42,8 +42,7 @@ class ToolStage:
         self.planner = make_planner(bundle, config)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        ok = batch.column("error").is_null().to_numpy(zero_copy_only=False)
-        task = pc.fill_null(batch.column("task"), "").to_numpy(zero_copy_only=False)
+        ok, task = nulls(batch.column("error")), strings(batch.column("task"))
         alone = ok & (self.planner.paths_before_vlm(self.config.mode, task, batch.column("route").to_numpy(
             zero_copy_only=False)) == "tool")
         one_group = len(ok) and ok.all() and (task == task[0]).all() and (alone == alone[0]).all()
@@ -57,7 +56,7 @@ class ToolStage:
                     parts.append(self.signals(rows, name, primary_only))
         return pa.concat_tables(parts)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def signals(self, batch: pa.Table, task: str, primary_only: bool = False) -> pa.Table:
         start = time.perf_counter()
         history = history_sequences(batch, self.vocab)
@@ -78,9 +77,10 @@ class ToolStage:
             eligible < 0, float("-inf"))
         confidence = torch.exp(primary_values[:, 0] - torch.logsumexp(eligible_scores, dim=1)).nan_to_num(0.0)
         rows = batch.num_rows
+        within_k = _within_k(primary_values, k)
         columns = {
-            "primary_items": _lists(primary_items, _within_k(primary_values, k), self.vocab),
-            "primary_scores": _lists(primary_values, _within_k(primary_values, k)),
+            "primary_items": _lists(primary_items, within_k, self.vocab),
+            "primary_scores": _lists(primary_values, within_k),
             "tool_confidence": pa.array(confidence.numpy(), pa.float32()),
         }
         if vote is None:
@@ -136,12 +136,7 @@ def _lists(matrix: torch.Tensor, keep: torch.Tensor, vocab: Vocab | None = None)
 
 def _candidate_matrix(candidates: pa.ChunkedArray, vocab: Vocab) -> torch.Tensor:
     """Candidate item indices, one row per request, padded with -1."""
-    lengths = pc.list_value_length(candidates).to_numpy(zero_copy_only=False).astype(np.int64)
-    matrix = np.full((len(lengths), max(int(lengths.max(initial=0)), 1)), -1, dtype=np.int64)
-    rows = np.repeat(np.arange(len(lengths)), lengths)
-    cols = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    matrix[rows, cols] = vocab.index(pc.list_flatten(candidates))
-    return torch.from_numpy(matrix)
+    return torch.from_numpy(padded(candidates, fill=-1, to=vocab.index))
 
 
 def _without_signals(batch: pa.Table) -> pa.Table:

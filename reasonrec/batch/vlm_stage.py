@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from reasonrec.batch.columns import list_parts
 from reasonrec.batch.config import ScoreConfig, make_planner
 from reasonrec.batch.deliberator_stage import DeliberatorStage
 from reasonrec.bundle import Bundle
@@ -133,7 +134,5 @@ def _nullable(values: np.ndarray, valid: np.ndarray) -> pa.Array:
 
 def _lists_of_indices(column: pa.ChunkedArray, vocab: Vocab) -> list[np.ndarray]:
     """Each row's list of item ids as catalogue indices (-1 unknown), split without a per-row Arrow call."""
-    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False)
-    flat = vocab.index(pc.list_flatten(column))
-    return np.split(flat, np.cumsum(lengths)[:-1])
+    lengths, flat = list_parts(column)
+    return np.split(vocab.index(flat), np.cumsum(lengths)[:-1])

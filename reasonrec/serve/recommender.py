@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from reasonrec.batch.columns import nulls
 from reasonrec.batch.config import ScoreConfig
 from reasonrec.batch.horizon_stage import HorizonStage
 from reasonrec.batch.planner_stage import PlannerStage
@@ -50,9 +51,9 @@ class ToolAnswerer:
         """Each request's response body, or (for a row the planner sends to the VLM) its signal row."""
         rows = in_order(self.tools(self.horizon(request_table(requests))))
         route = rows.column("route").to_numpy(zero_copy_only=False)
-        to_vlm = rows.column("error").is_null().to_numpy(zero_copy_only=False) & self.decide.planner.needs_vlm(
-            self.mode, route)
-        answers = iter(responses(in_order(self.decide(rows.filter(pa.array(~to_vlm))))))
+        to_vlm = nulls(rows.column("error")) & self.decide.planner.needs_vlm(self.mode, route)
+        answered = rows.filter(pa.array(~to_vlm)) if to_vlm.any() else rows
+        answers = iter(responses(in_order(self.decide(answered))))
         return [rows.slice(i, 1) if vlm else next(answers) for i, vlm in enumerate(to_vlm)]
 
 

@@ -129,7 +129,7 @@ def choose(quality: np.ndarray, share: np.ndarray, tolerance: float) -> int:
 
 def fit_task(table: pa.Table, target: np.ndarray, bundle, config: FitPlannerConfig, task: str,
              log=print) -> tuple[Policy, dict]:
-    from reasonrec.batch.planner_stage import padded
+    from reasonrec.batch.columns import padded
 
     score = config.score
     planner = make_planner(bundle, score)
