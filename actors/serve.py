@@ -15,6 +15,7 @@ import pyarrow as pa
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse, Response
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
 from reasonrec.batch.config import ScoreConfig, make_planner
 from reasonrec.batch.planner_stage import PlannerStage
@@ -74,11 +75,20 @@ class Deliberator:
         return responses(in_order(self.decide(self.stage(renumbered(rows)))))
 
 
+def over_grpc(handle: DeploymentHandle) -> DeploymentHandle:
+    """``handle`` calling its replicas over gRPC. A handle's transport is fixed where the app is built, from that
+    process's environment when it imported Ray Serve: without this, an app built by a process that imported Serve
+    before RAY_SERVE_THROUGHPUT_OPTIMIZED=1 was set calls by reference (measured: tools p50 25 ms instead of 13)."""
+    return handle.options(_by_reference=False)
+
+
 @serve.deployment
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, tools, deliberator, bundle_uri: str, config: ScoreConfig):
+    def __init__(self, tools, deliberator, bundle_uri: str, config: ScoreConfig, grpc: bool = True):
         bundle = Bundle(bundle_uri)
+        if grpc:
+            tools, deliberator = over_grpc(tools), over_grpc(deliberator)
         self.tools, self.deliberator, self.config = tools, deliberator, config
         self.version, self.tool_names = bundle.version, make_planner(bundle, config).tools
         self.histories = Histories(bundle.manifest.get("data", {}).get("uri"))
@@ -122,7 +132,7 @@ def build(config: ServeConfig, bundle_uri: str):
         bundle_uri, score, config.vlm_batch_size, config.vlm_batch_wait_s)
     return Ingress.options(ray_actor_options=cpu, autoscaling_config=config.ingress_replicas,
                            max_ongoing_requests=config.ingress_max_ongoing).bind(
-        tools, deliberator, bundle_uri, score)
+        tools, deliberator, bundle_uri, score, config.high_throughput)
 
 
 def _vlm_resources(config: ServeConfig) -> dict:

@@ -88,10 +88,6 @@ def floor_app(batch_size: int, wait_s: float):
 
 
 def main() -> None:
-    import ray
-    from ray import serve
-
-    from actors.serve import build
     from reasonrec.batch.config import ScoreConfig, make_planner
     from reasonrec.bundle import Bundle
     from reasonrec.data.prepared import PreparedData
@@ -115,11 +111,20 @@ def main() -> None:
     parser.add_argument("--default-proxy", action="store_true",
                         help="Serve's Python proxy instead of the high-throughput mode (HAProxy ingress)")
     args = parser.parse_args()
+    config = ServeConfig(score=ScoreConfig(deliberator=DeliberatorConfig(backend=args.backend)), port=free_port(),
+                         high_throughput=not args.default_proxy)
+    # Before Ray Serve is imported (it reads its mode at import) and Ray starts (its processes inherit it); no 30 s
+    # drain of the ingress at the end: nothing balances here.
+    os.environ.update(high_throughput_env(config), RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S="0")
+    import ray
+    from ray import serve
+
+    from actors.serve import build
 
     if args.plan:
         args.bundle = copy_with_plan(args.bundle, args.plan, tempfile.mkdtemp(prefix="reasonrec-plan-"))
     bundle, data = Bundle(args.bundle), PreparedData(args.data)
-    score = ScoreConfig(deliberator=DeliberatorConfig(backend=args.backend))
+    score, port = config.score, config.port
     evalset = data.eval_set("test")
     history = evalset.history
     horizon = EvidenceHorizon.from_json(bundle.read("horizon.json")).apply(history.lengths, history.offsets,
@@ -132,10 +137,6 @@ def main() -> None:
                 "history": items[history.items[history.offsets[u]:history.offsets[u + 1]] - 1].tolist()}
         bodies["tools (route low)" if route == "low" else "VLM (route medium/high)"].append(body)
 
-    port = free_port()
-    config = ServeConfig(score=score, port=port, high_throughput=not args.default_proxy)
-    # Before Ray starts: its processes inherit it (no 30 s drain of the ingress at the end: nothing balances here).
-    os.environ.update(high_throughput_env(config), RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S="0")
     ray.init(include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     if args.batch_wait is not None:

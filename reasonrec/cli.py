@@ -124,17 +124,16 @@ def serve_config(args):
 def cmd_serve(args) -> dict:
     import os
 
-    import ray
-    from ray import serve
-
-    from actors.serve import build
     from reasonrec.serve.api import high_throughput_env
 
     config = serve_config(args)
-    if not ray.is_initialized():
-        # Ray's processes inherit this process's environment when it starts a local Ray; a cluster's own (cluster/,
-        # manifests/) decides there.
-        os.environ.update(high_throughput_env(config))
+    # Before Ray Serve is imported (it reads its mode at import) and before a local Ray starts (its processes inherit
+    # it); on a cluster, the cluster's own environment decides (cluster/, manifests/).
+    os.environ.update(high_throughput_env(config))
+    from ray import serve
+
+    from actors.serve import build
+
     _ray_init()
     serve.start(http_options={"host": config.host, "port": config.port})
     serve.run(build(config, storage.absolute(args.bundle)), name="reasonrec", route_prefix="/")

@@ -4,10 +4,15 @@ from pathlib import Path
 
 import pytest
 
+from reasonrec.serve.api import ServeConfig, high_throughput_env
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 # Before anything starts Ray: local tests need no token auth, and S3 settings reach Ray workers via the env.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Serve in the mode `reasonrec serve` runs in (HAProxy ingress), without the 30 s drain a load balancer needs; set
+# before any test module imports Ray Serve, which reads it at import.
+os.environ.update(high_throughput_env(ServeConfig()), RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S="0")
 # Distinctive values, so that a test can show that they never reach a log, a trace or a manifest.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "AKIAREASONRECTEST7Q2")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "rr-secret-9f3b7c1e4d2a-never-logged")
@@ -51,10 +56,6 @@ def ray_session(s3_endpoint):
     """One Ray instance for the whole test session (started after the S3 env is set, so workers inherit it)."""
     import ray
 
-    from reasonrec.serve.api import ServeConfig, high_throughput_env
-
-    # Serve in the mode `reasonrec serve` runs in (HAProxy ingress), without the 30 s drain a load balancer needs.
-    os.environ.update(high_throughput_env(ServeConfig()), RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S="0")
     ray.init(num_cpus=2, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

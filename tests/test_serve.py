@@ -194,3 +194,13 @@ def test_the_port_is_held_by_haproxy_in_high_throughput_mode(served):
     assert {psutil.Process(pid).name() for pid in holders} == {"haproxy"}
     assert all(c.laddr.ip == "127.0.0.1" for c in psutil.net_connections("tcp") if c.pid in holders
                and c.status == psutil.CONN_LISTEN and c.laddr.port == port)
+
+
+def test_the_ingress_handles_call_over_grpc(served):
+    """A handle's transport comes from the process that built the app; the ingress pins gRPC (high-throughput mode)."""
+    from ray import serve
+
+    from actors.serve import over_grpc
+
+    handle = serve.get_deployment_handle("ToolScorer", app_name="reasonrec")
+    assert over_grpc(handle).recommend.handle_options._by_reference is False

@@ -20,6 +20,7 @@ from reasonrec.data.prepared import PreparedData, Sequences
 from reasonrec.data.vocab import Vocab
 
 MAX_USER_ID_CHARS = 256
+INT32_VALUES = {pa.int8(), pa.int16(), pa.int32(), pa.uint8(), pa.uint16()}  # integer types whose values all fit k
 
 STREAM = pa.schema([
     *schemas.REQUESTS,
@@ -185,7 +186,8 @@ def _reject_duplicates(table: pa.Table, duplicate_of: dict[int, str]) -> pa.Tabl
 
 def conform(table: pa.Table, shard: str) -> pa.Table:
     """Cast a shard to the requests schema; a missing required column or an uncastable column rejects every row."""
-    if "k" in table.column_names and pa.types.is_integer(table.schema.field("k").type):
+    k_type = table.schema.field("k").type if "k" in table.column_names else None
+    if k_type is not None and pa.types.is_integer(k_type) and k_type not in INT32_VALUES:
         # An out-of-range k is one bad row, not a bad shard: null it here, the validator names it.
         k = table.column("k")
         fits = pc.and_(pc.greater_equal(k, -(2**31)), pc.less(k, 2**31))

@@ -48,7 +48,7 @@ def conform(table: pa.Table, schema: pa.Schema, source: str, required: tuple[str
             continue
         col = table.column(field.name)
         try:
-            col = col.cast(field.type)
+            col = col if col.type == field.type else col.cast(field.type)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
             raise ValueError(f"{source}: column {field.name!r} cannot be read as {field.type}: {e}") from e
         if not field.nullable and col.null_count:
