@@ -1,5 +1,6 @@
 """The Ray Serve app over HTTP on 127.0.0.1: answers, parity with the nightly job, bounded and validated input."""
 import argparse
+import asyncio
 import dataclasses
 
 import numpy as np
@@ -198,9 +199,15 @@ def test_the_port_is_held_by_haproxy_in_high_throughput_mode(served):
 
 def test_the_ingress_handles_call_over_grpc(served):
     """A handle's transport comes from the process that built the app; the ingress pins gRPC (high-throughput mode)."""
-    from ray import serve
+    from ray.serve.handle import DeploymentHandle
 
     from actors.serve import over_grpc
 
-    handle = serve.get_deployment_handle("ToolScorer", app_name="reasonrec")
-    assert over_grpc(handle).recommend.handle_options._by_reference is False
+    async def options():  # as in a replica: in high-throughput mode a handle routes on the caller's event loop
+        handle = over_grpc(DeploymentHandle("ToolScorer", "reasonrec"))
+        try:
+            return handle.recommend.handle_options
+        finally:
+            await handle.shutdown_async()
+
+    assert asyncio.run(options())._by_reference is False

@@ -55,3 +55,8 @@ def padded(column: pa.ListArray | pa.ChunkedArray, width: int | None = None, fil
     inside = cols < out.shape[1]
     out[rows[inside], cols[inside]] = values[inside]
     return out
+
+
+def appended(table: pa.Table, fields: list[pa.Field], arrays: list) -> pa.Table:
+    """``table`` with columns added at the end, in one step (each ``append_column`` rebuilds the table)."""
+    return pa.Table.from_arrays([*table.columns, *arrays], schema=pa.schema([*table.schema, *fields]))

@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from reasonrec.batch.columns import strings
+from reasonrec.batch.columns import appended, strings
 from reasonrec.batch.config import ScoreConfig, make_planner
 from reasonrec.batch.requests import Validator, history_indices
 from reasonrec.bundle import Bundle
 from reasonrec.data.vocab import Vocab
 from reasonrec.horizon import EvidenceHorizon
+
+ROUTED = [pa.field("horizon", pa.float32()), pa.field("route", pa.string())]  # the columns this stage adds
 
 
 class HorizonStage:
@@ -25,5 +27,5 @@ class HorizonStage:
         lengths, items = history_indices(batch, self.vocab)
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         c = self.horizon.apply(lengths, offsets, items)
-        batch = batch.append_column("horizon", pa.array(c, pa.float32()))
-        return batch.append_column("route", pa.array(self.planner.routes(strings(batch.column("task")), c), pa.string()))
+        route = self.planner.routes(strings(batch.column("task")), c)
+        return appended(batch, ROUTED, [pa.array(c, pa.float32()), pa.array(route, pa.string())])

@@ -12,7 +12,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from reasonrec.batch.config import ScoreConfig, make_planner
-from reasonrec.batch.columns import padded
+from reasonrec.batch.columns import appended, padded
+from reasonrec.batch.horizon_stage import ROUTED
 from reasonrec.batch.requests import STREAM
 from reasonrec.bundle import Bundle
 from reasonrec.data import schemas
@@ -84,10 +85,7 @@ class PlannerStage:
             "vlm_top": _ids(vlm_top, self.vocab),
             "tools_top": _ids(tools_top, self.vocab),
         }
-        batch = batch.drop_columns(["latency_ms"])
-        for name in ANSWER_COLUMNS:
-            batch = batch.append_column(pa.field(name, ANSWERED.field(name).type), answers[name])
-        return batch
+        return appended(batch.drop_columns(["latency_ms"]), ANSWER_FIELDS, [answers[name] for name in ANSWER_COLUMNS])
 
     def _rankings(self, d, shortlist, pool, pool_scores, batch) -> tuple[np.ndarray, np.ndarray]:
         """(rows, width) item indices and scores, best first, per each row's path."""
@@ -163,17 +161,16 @@ def _ranked(items: np.ndarray, scores: np.ndarray, keep: np.ndarray, vocab: Voca
 
 
 def _without_answers(batch: pa.Table) -> pa.Table:
-    batch = batch.drop_columns(["latency_ms"])
-    for name in ANSWER_COLUMNS:
-        batch = batch.append_column(ANSWERED.field(name), pa.nulls(batch.num_rows, ANSWERED.field(name).type))
-    return batch
+    return appended(batch.drop_columns(["latency_ms"]), ANSWER_FIELDS,
+                    [pa.nulls(batch.num_rows, f.type) for f in ANSWER_FIELDS])
 
 
 def _answered_schema() -> pa.Schema:
     results = {f.name: f for f in schemas.RESULTS}
-    return pa.schema([*STREAM, pa.field("horizon", pa.float32()), pa.field("route", pa.string()),
+    return pa.schema([*STREAM, *ROUTED,
                       *(results[name] for name in ANSWER_COLUMNS)])
 
 
 # Column order of every block the sink sees.
 ANSWERED = _answered_schema()
+ANSWER_FIELDS = [ANSWERED.field(name) for name in ANSWER_COLUMNS]

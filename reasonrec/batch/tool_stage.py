@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from reasonrec.batch.columns import nulls, padded, strings
+from reasonrec.batch.columns import appended, nulls, padded, strings
 from reasonrec.batch.config import ScoreConfig, consulted_tools, make_planner
 from reasonrec.batch.requests import history_sequences
 from reasonrec.bundle import Bundle
@@ -88,9 +88,7 @@ class ToolStage:
         else:
             columns.update(self._vote(raw, vote, eligible, k))
         columns["latency_ms"] = pa.array(np.full(rows, 1000 * (time.perf_counter() - start) / rows), pa.float32())
-        for field in SIGNALS:
-            batch = batch.append_column(field, columns[field.name])
-        return batch
+        return appended(batch, SIGNALS, [columns[field.name] for field in SIGNALS])
 
     def _vote(self, raw: dict[str, torch.Tensor], vote: torch.Tensor, eligible: torch.Tensor | None,
               k: torch.Tensor) -> dict[str, pa.Array]:
@@ -140,6 +138,4 @@ def _candidate_matrix(candidates: pa.ChunkedArray, vocab: Vocab) -> torch.Tensor
 
 
 def _without_signals(batch: pa.Table) -> pa.Table:
-    for field in SIGNALS:
-        batch = batch.append_column(field, pa.nulls(batch.num_rows, field.type))
-    return batch
+    return appended(batch, SIGNALS, [pa.nulls(batch.num_rows, field.type) for field in SIGNALS])
