@@ -101,7 +101,8 @@ class FaultProxy:
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(ERRORS[fault])))
                     self.end_headers()
-                    self.wfile.write(ERRORS[fault])
+                    if self.command != "HEAD":  # a HEAD answer has no body: one would corrupt the next response
+                        self.wfile.write(ERRORS[fault])
                     return
                 upstream = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=60)
                 try:

@@ -181,6 +181,27 @@ def test_transient_storage_faults_are_retried(ray_session, s3_proxy, requests_ur
     assert rankings(results) == clean_run
 
 
+def test_the_row_count_reads_footers_and_never_takes_a_storage_error_for_a_corrupt_shard(s3_proxy):
+    """The job's independent count of input rows: a footer it cannot fetch fails the count (after the retries); a
+    shard without a footer counts as the one quarantine row it becomes; a footer beyond the first read is fetched."""
+    from reasonrec.batch.requests import FOOTER_READ, rows_in_shard
+
+    root = "s3://reasonrec-test/reliability/footers"
+    storage.write_parquet(pa.table({"user_id": ["u"] * 10}), f"{root}/good.parquet")
+    storage.write_bytes(f"{root}/corrupt.parquet", b"PAR1" + b"\x00" * 64)
+    wide = pa.table({f"c{i:04d}": pa.array([i] * 3) for i in range(600)})  # ~600 column chunks: a large footer
+    storage.write_parquet(wide, f"{root}/wide.parquet")
+    assert int.from_bytes(storage.read_tail(f"{root}/wide.parquet", 8)[:4], "little") > FOOTER_READ
+    assert [rows_in_shard(f"{root}/{name}.parquet") for name in ("good", "corrupt", "wide")] == [10, 1, 3]
+
+    s3_proxy.plan = FaultPlan(kinds=(500,), methods=("GET",), path_contains="/footers/good")
+    try:
+        with pytest.raises(OSError):
+            rows_in_shard(f"{root}/good.parquet")
+    finally:
+        s3_proxy.plan = None
+
+
 def test_persistent_storage_failure_fails_the_job_and_commits_nothing(ray_session, s3_proxy, requests_uri,
                                                                      bundle_uri):
     from jobs.nightly_score import main

@@ -87,9 +87,17 @@ def list_shards(uri: str) -> list[str]:
     return shards
 
 
+FOOTER_READ = 64 * 1024  # bytes read from a shard's end to count its rows: most footers fit
+
+
 def rows_in_shard(uri: str) -> int:
-    """Rows a shard holds according to its footer; an unreadable shard counts as one (quarantined) row."""
-    rows = storage.parquet_rows(uri)
+    """Rows a shard holds according to its footer; an unreadable shard counts as one (quarantined) row, as
+    ``read_shard`` makes it. A storage error is raised (after the filesystem's retries), never taken for a corrupt
+    footer: that miscounted a shard whose footer read failed once, and the run could not commit."""
+    tail = storage.read_tail(uri, FOOTER_READ)
+    if tail[-4:] == b"PAR1" and int.from_bytes(tail[-8:-4], "little") + 8 > len(tail):
+        tail = storage.read_tail(uri, int.from_bytes(tail[-8:-4], "little") + 8)
+    rows = _footer_rows(tail)
     return 1 if rows is None else rows
 
 
