@@ -95,8 +95,9 @@ def rows_in_shard(uri: str) -> int:
     ``read_shard`` makes it. A storage error is raised (after the filesystem's retries), never taken for a corrupt
     footer: that miscounted a shard whose footer read failed once, and the run could not commit."""
     tail = storage.read_tail(uri, FOOTER_READ)
-    if tail[-4:] == b"PAR1" and int.from_bytes(tail[-8:-4], "little") + 8 > len(tail):
-        tail = storage.read_tail(uri, int.from_bytes(tail[-8:-4], "little") + 8)
+    footer = int.from_bytes(tail[-8:-4], "little") + 8 if tail[-4:] == b"PAR1" else 0  # length field + magic
+    if footer > len(tail):
+        tail = storage.read_tail(uri, footer)
     rows = _footer_rows(tail)
     return 1 if rows is None else rows
 
