@@ -68,7 +68,8 @@ class PlannerStage:
 
         vlm_top = np.where(d.vlm_called, shortlist[np.arange(rows), np.argmax(np.nan_to_num(vlm, nan=-1), 1)], -1)
         primary_top = items[:, 0]
-        tools_top = np.where(d.path == "tool", primary_top, np.where((d.path == "vote") | (d.path == "aggregate"), pool[:, 0], -1))
+        voted = (d.path == "vote") | (d.path == "aggregate")
+        tools_top = np.where(d.path == "tool", primary_top, np.where(voted, pool[:, 0], -1))
         names = _tool_names(d.consulted, tools)
         latency = batch.column("latency_ms").to_numpy(zero_copy_only=False) + 1000 * (time.perf_counter() - start) / rows
         answers = {

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from reasonrec.batch.columns import list_parts
+from reasonrec.batch.columns import list_parts, nulls, strings
 from reasonrec.batch.config import ScoreConfig, make_planner
 from reasonrec.batch.deliberator_stage import DeliberatorStage
 from reasonrec.bundle import Bundle
@@ -95,8 +95,8 @@ class VLMStage:
         scores = np.full((rows, n), np.nan, dtype=np.float32)
         confidence = np.full(rows, np.nan, dtype=np.float32)
         latency = pc.fill_null(batch.column("latency_ms"), 0.0).to_numpy(zero_copy_only=False).copy()
-        route = pc.fill_null(batch.column("route"), "").to_numpy(zero_copy_only=False)
-        valid = batch.column("error").is_null().to_numpy(zero_copy_only=False).copy()
+        route = strings(batch.column("route"))
+        valid = nulls(batch.column("error")).copy()
         asked = np.flatnonzero(valid & self.planner.needs_vlm(self.config.mode, route))
         if len(asked):
             start = time.perf_counter()
