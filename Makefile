@@ -1,9 +1,10 @@
 # Set-up on a fresh machine is part of each target: the virtualenv is created when missing.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+DEMO ?= demo_output
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-unit bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -16,15 +17,26 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/reasonrec demo --out demo_output
+	$(VENV)/bin/reasonrec demo --out $(DEMO)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
-bench: $(VENV)/.installed
-	$(PY) benchmarks/score_tools.py
-	$(PY) benchmarks/deliberator.py
-	$(PY) benchmarks/planner_job.py --data demo_output/data --bundle demo_output/bundle
+test-unit: $(VENV)/.installed
+	$(PY) -m pytest -q tests/unit
+
+$(DEMO)/bundle/manifest.json:
+	$(MAKE) demo
+
+# Every benchmark on the demo's data and bundle (docs/benchmarks.md); each prints its figures against a floor
+# measured in the same run.
+bench: $(VENV)/.installed $(DEMO)/bundle/manifest.json
+	$(PY) benchmarks/score_tools.py --data $(DEMO)/data --bundle $(DEMO)/bundle
+	$(PY) benchmarks/nightly_job.py --data $(DEMO)/data --bundle $(DEMO)/bundle --scales 1,2
+	$(PY) benchmarks/deliberator.py --data $(DEMO)/data --bundle $(DEMO)/bundle
+	$(PY) benchmarks/planner_job.py --data $(DEMO)/data --bundle $(DEMO)/bundle --users 300
+	$(PY) benchmarks/serve_load.py --data $(DEMO)/data --bundle $(DEMO)/bundle --requests 300 --vlm-requests 50
+	$(PY) benchmarks/matching_probe.py --steps 200
 
 clean:
-	rm -rf demo_output .pytest_cache
+	rm -rf $(DEMO) .pytest_cache

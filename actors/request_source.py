@@ -1,7 +1,7 @@
 """Ray Data source of request shards: one read task per shard, each a plain ``read_shard`` call.
 
 A shard that cannot be read, or lacks a required column, comes out as quarantine rows rather than failing
-the job (``reasonrec.batch.requests``).
+the job (``reasonrec.batch.shards``).
 """
 from __future__ import annotations
 
@@ -10,16 +10,17 @@ import functools
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from reasonrec.batch.requests import STREAM, read_shard
+from reasonrec.batch.shards import read_shard
+from reasonrec.batch.stream import STREAM
 
 
 class RequestShards(Datasource):
-    def __init__(self, shards: list[str], rows: list[int], skip: dict | None = None, duplicates: dict | None = None):
-        """``skip``: per shard, rows a resumed run already answered; ``duplicates``: per shard, rows that repeat an
-        earlier (user_id, task) (``requests.duplicate_rows``)."""
+    def __init__(self, shards: list[tuple[str, int]], skip: dict | None = None, duplicates: dict | None = None):
+        """``shards``: (uri, rows in its footer: lets Ray Data size blocks before reading); ``skip``: per shard,
+        rows a resumed run already answered; ``duplicates``: per shard, rows that repeat an earlier (user_id, task)
+        (``shards.duplicate_rows``)."""
         super().__init__()
         self.shards = shards
-        self.rows = rows  # per shard, from its footer: lets Ray Data size blocks before reading
         self.skip = skip or {}
         self.duplicates = duplicates or {}
 
@@ -32,7 +33,7 @@ class RequestShards(Datasource):
             ReadTask(functools.partial(_read, uri, self.skip.get(uri), self.duplicates.get(uri)),
                      BlockMetadata(num_rows=rows - len(self.skip.get(uri, ())), size_bytes=None, exec_stats=None,
                                    input_files=[uri]), schema=STREAM)
-            for uri, rows in zip(self.shards, self.rows)
+            for uri, rows in self.shards
         ]
 
 

@@ -17,11 +17,12 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from reasonrec.batch.config import ScoreConfig, make_planner
+from reasonrec.batch.config import ScoreConfig
+from reasonrec.batch.context import Scoring
 from reasonrec.batch.planner_stage import PlannerStage
 from reasonrec.batch.vlm_stage import VLMStage
-from reasonrec.bundle import Bundle
 from reasonrec.serve.api import MAX_BODY_BYTES, RecommendRequest, RecommendResponse, ServeConfig
+from actors.stages import vlm_resources
 from reasonrec.serve.recommender import Histories, ToolAnswerer, in_order, renumbered, responses
 
 api = FastAPI(title="ReasonRec", version="0.1.0",
@@ -53,7 +54,7 @@ api.add_middleware(BodyLimit)
 @serve.deployment
 class ToolScorer:
     def __init__(self, bundle_uri: str, config: ScoreConfig, batch_size: int, wait_s: float):
-        self.answer = ToolAnswerer(Bundle(bundle_uri), config)
+        self.answer = ToolAnswerer(Scoring.load(bundle_uri, config))
         self.recommend.set_max_batch_size(batch_size)
         self.recommend.set_batch_wait_timeout_s(wait_s)
 
@@ -65,8 +66,8 @@ class ToolScorer:
 @serve.deployment
 class Deliberator:
     def __init__(self, bundle_uri: str, config: ScoreConfig, batch_size: int, wait_s: float):
-        bundle = Bundle(bundle_uri)
-        self.stage, self.decide = VLMStage(bundle, config), PlannerStage(bundle, config)
+        scoring = Scoring.load(bundle_uri, config)
+        self.stage, self.decide = VLMStage(scoring), PlannerStage(scoring)
         self.deliberate.set_max_batch_size(batch_size)
         self.deliberate.set_batch_wait_timeout_s(wait_s)
 
@@ -86,12 +87,12 @@ def over_grpc(handle: DeploymentHandle) -> DeploymentHandle:
 @serve.ingress(api)
 class Ingress:
     def __init__(self, tools, deliberator, bundle_uri: str, config: ScoreConfig, grpc: bool = True):
-        bundle = Bundle(bundle_uri)
+        scoring = Scoring.load(bundle_uri, config)
         if grpc:
             tools, deliberator = over_grpc(tools), over_grpc(deliberator)
         self.tools, self.deliberator, self.config = tools, deliberator, config
-        self.version, self.tool_names = bundle.version, make_planner(bundle, config).tools
-        self.histories = Histories(bundle.manifest.get("data", {}).get("uri"))
+        self.version, self.tool_names = scoring.bundle.version, scoring.tools
+        self.histories = Histories(scoring.bundle.manifest.get("data", {}).get("uri"))
 
     @api.get("/healthz")
     def healthz(self) -> dict:
@@ -117,9 +118,7 @@ class Ingress:
 
 def build(config: ServeConfig, bundle_uri: str):
     """The bound application (``serve.run(build(...))``)."""
-    from reasonrec.batch.config import check_bundle
-
-    check_bundle(Bundle(bundle_uri), config.score)
+    Scoring.load(bundle_uri, config.score).check()
     score = dataclasses.replace(config.score, torch_threads=config.torch_threads)
     cpu = {"num_cpus": config.cpus_per_replica}
     # A batching replica must take more requests at once than it batches, or Serve's default cap (5) is the batch.
@@ -127,18 +126,12 @@ def build(config: ServeConfig, bundle_uri: str):
                                max_ongoing_requests=2 * config.tool_batch_size).bind(
         bundle_uri, score, config.tool_batch_size, config.tool_batch_wait_s)
     deliberator = Deliberator.options(
-        ray_actor_options=_vlm_resources(config), autoscaling_config=config.vlm_replicas,
+        ray_actor_options=vlm_resources(config.score.deliberator), autoscaling_config=config.vlm_replicas,
         max_ongoing_requests=2 * config.vlm_batch_size).bind(
         bundle_uri, score, config.vlm_batch_size, config.vlm_batch_wait_s)
     return Ingress.options(ray_actor_options=cpu, autoscaling_config=config.ingress_replicas,
                            max_ongoing_requests=config.ingress_max_ongoing).bind(
         tools, deliberator, bundle_uri, score, config.high_throughput)
-
-
-def _vlm_resources(config: ServeConfig) -> dict:
-    import ray
-
-    return config.score.deliberator.resources(ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0)
 
 
 def app(args: dict):
@@ -147,4 +140,4 @@ def app(args: dict):
 
     args = dict(args)
     bundle_uri = args.pop("bundle")
-    return build(from_dict(ServeConfig, args), bundle_uri)
+    return build(from_dict(ServeConfig, args, source="serve app args"), bundle_uri)

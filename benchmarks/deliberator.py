@@ -34,7 +34,7 @@ def main() -> None:
     from reasonrec.vlm.backends.transformers_backend import TransformersDeliberator
     from reasonrec.vlm.backends.vllm_backend import VLLMConfig, VLLMDeliberator
     from reasonrec.vlm.build import load
-    from reasonrec.vlm.deliberator import as_prompt
+    from reasonrec.prompts.templates import Prompt
     from reasonrec.vlm.examples import ExamplesConfig, build_examples
 
     torch.set_num_threads(args.threads)
@@ -44,7 +44,7 @@ def main() -> None:
     horizon = EvidenceHorizon.from_json(bundle.read("horizon.json"))
     rows = build_examples(data, "test", horizon, {}, ExamplesConfig(candidates=args.candidates, seed=11),
                           decision="answer", tasks={"sequential": 1.0}).slice(0, args.prompts).to_pylist()
-    prompts = [as_prompt(r) for r in rows]
+    prompts = [Prompt.from_row(r) for r in rows]
     n_candidates = sum(len(p.labels) for p in prompts)
     folder = bundle.vlm_folder(tempfile.mkdtemp(prefix="bench-vlm-"))
     print(f"{len(prompts)} prompts x {args.candidates} candidates, {np.mean([len(p.images) for p in prompts]):.1f} "
@@ -68,7 +68,8 @@ def main() -> None:
         diff = max(float(np.abs(a - b).max()) for a, b in zip(row["transformers"][1], row["vllm"][1]))
         results[batch_size] = row
         print(f"batch {batch_size:>3d}: transformers {row['transformers'][0]:8.1f} cand/s   "
-              f"vllm {row['vllm'][0]:8.1f} cand/s   ratio vllm/transformers {row['vllm'][0] / row['transformers'][0]:.2f}x"
+              f"vllm {row['vllm'][0]:8.1f} cand/s   ratio vllm/transformers "
+              f"{row['vllm'][0] / row['transformers'][0]:.2f}x"
               f"   max |logprob diff| {diff:.1e}")
 
 

@@ -4,7 +4,7 @@
                                      [--scales 1,2] [--batch-size N] [--tool-actors N]
 
 For each scale s, the requests are every evaluated user of the test split, repeated s times, in 5,000-row
-shards on local disk, scored in mode tools-only (the tools path; benchmarks/planner_job.py measures the VLM
+shards on local disk (each copy's users with fresh ids), scored in mode tools-only (the tools path; benchmarks/planner_job.py measures the VLM
 routes). "direct" reads the same shards and runs the same HorizonStage + ToolStage + PlannerStage in this process,
 batch by batch; "job" is the whole Ray Data job (plan, actor start-up and bundle loads, streaming, commit) on
 an already started local Ray. Their ratio is what Ray costs. Peak memory is the proportional set size (PSS,
@@ -76,12 +76,14 @@ class PeakMemory:
 
 def direct(shards: list[str], bundle, config, threads: int) -> float:
     """The same stages, in this process, no Ray, with every core for torch."""
+    from reasonrec.batch.context import Scoring
     from reasonrec.batch.horizon_stage import HorizonStage
     from reasonrec.batch.planner_stage import PlannerStage
-    from reasonrec.batch.requests import read_shard
+    from reasonrec.batch.shards import read_shard
     from reasonrec.batch.tool_stage import ToolStage
 
-    horizon, tools, planner = HorizonStage(bundle, config), ToolStage(bundle, config), PlannerStage(bundle, config)
+    scoring = Scoring(bundle, config)
+    horizon, tools, planner = HorizonStage(scoring), ToolStage(scoring), PlannerStage(scoring)
     torch.set_num_threads(threads)
     start = time.perf_counter()
     for shard in shards:
@@ -91,14 +93,23 @@ def direct(shards: list[str], bundle, config, threads: int) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    import argparse as ap
+def repeated(requests: pa.Table, times: int) -> pa.Table:
+    """``requests`` ``times`` over, each copy's users with fresh ids (a repeated (user_id, task) is a duplicate)."""
+    import pyarrow.compute as pc
 
+    copies = [requests.set_column(0, "user_id", pc.binary_join_element_wise(requests.column("user_id"),
+                                                                          pa.scalar(f"~{i}"), ""))
+              for i in range(1, times)]
+    return pa.concat_tables([requests, *copies])
+
+
+def main() -> None:
     import ray
 
-    from jobs.nightly_score import run
+    from jobs.nightly_score import NightlyJob, run
     from reasonrec.batch.config import ScoreConfig
-    from reasonrec.batch.requests import list_shards, requests_for_split, write_requests
+    from reasonrec.batch.requests import requests_for_split, write_requests
+    from reasonrec.batch.shards import list_shards
     from reasonrec.bundle import Bundle
     from reasonrec.data.prepared import PreparedData
 
@@ -124,14 +135,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for scale in (int(s) for s in args.scales.split(",")):
             requests = f"{tmp}/requests-x{scale}"
-            write_requests(pa.concat_tables([base] * scale), requests, shard_rows=5000)
+            write_requests(repeated(base, scale), requests, shard_rows=5000)
             shards = list_shards(requests)
             direct_s = direct(shards, bundle, config, args.direct_threads)
             idle = pss_bytes(descendants(os.getpid()))
             with PeakMemory() as memory:
                 start = time.perf_counter()
-                manifest = run(ap.Namespace(requests=requests, bundle=args.bundle, output=f"{tmp}/out-x{scale}",
-                                            run_date=None, force=True), config, log=lambda *_: None)
+                manifest = run(NightlyJob(requests, args.bundle, f"{tmp}/out-x{scale}", force=True, score=config))
                 job_s = time.perf_counter() - start
             assert manifest["rows_out"] == base.num_rows * scale, manifest
             rows.append((scale, base.num_rows * scale, job_s, direct_s, (memory.peak - idle) / 2**20))

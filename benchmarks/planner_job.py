@@ -25,7 +25,7 @@ import pyarrow as pa
 def main() -> None:
     import ray
 
-    from jobs.nightly_score import run
+    from jobs.nightly_score import NightlyJob, run
     from reasonrec.batch import commit
     from reasonrec.batch.config import ScoreConfig
     from reasonrec.batch.requests import requests_for_split, write_requests
@@ -60,9 +60,8 @@ def main() -> None:
             runs.append((f"planner[{args.plan}]", "planner", copy_with_plan(args.bundle, args.plan, f"{tmp}/bundle")))
         for i, (name, mode, bundle) in enumerate(runs):
             start = time.perf_counter()
-            manifest = run(argparse.Namespace(requests=f"{tmp}/requests", bundle=bundle, output=f"{tmp}/out{i}",
-                                              run_date=None, force=True),
-                           dataclasses.replace(config, mode=mode), log=lambda *_: None)
+            manifest = run(NightlyJob(f"{tmp}/requests", bundle, f"{tmp}/out{i}", force=True,
+                                      score=dataclasses.replace(config, mode=mode)))
             seconds = time.perf_counter() - start
             results = commit.read_committed(f"{tmp}/out{i}")
             latency = results.column("latency_ms").to_numpy(zero_copy_only=False)

@@ -88,7 +88,8 @@ def floor_app(batch_size: int, wait_s: float):
 
 
 def main() -> None:
-    from reasonrec.batch.config import ScoreConfig, make_planner
+    from reasonrec.batch.config import ScoreConfig
+    from reasonrec.batch.context import Scoring
     from reasonrec.bundle import Bundle
     from reasonrec.data.prepared import PreparedData
     from reasonrec.horizon import EvidenceHorizon
@@ -129,7 +130,7 @@ def main() -> None:
     history = evalset.history
     horizon = EvidenceHorizon.from_json(bundle.read("horizon.json")).apply(history.lengths, history.offsets,
                                                                             history.items)
-    routes = make_planner(bundle, score).routes(np.full(len(horizon), "sequential", dtype=object), horizon)
+    routes = Scoring(bundle, score).planner.routes(np.full(len(horizon), "sequential", dtype=object), horizon)
     items = data.item_vocab.ids
     bodies = {"tools (route low)": [], "VLM (route medium/high)": []}
     for u, route in enumerate(routes):
@@ -171,7 +172,8 @@ def main() -> None:
     print(f"{'requests':>24} {'n':>6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
     floor = dict(rows).get("floor (no-op app)")
     for kind, r in rows:
-        ratio = f"  x{r['p50_ms'] / floor['p50_ms']:.1f} / x{r['p99_ms'] / floor['p99_ms']:.1f} the floor" if floor else ""
+        ratio = (f"  x{r['p50_ms'] / floor['p50_ms']:.1f} / x{r['p99_ms'] / floor['p99_ms']:.1f} the floor"
+                 if floor else "")
         print(f"{kind:>24} {r['requests']:6d} {r['req_per_s']:8.1f} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f}{ratio}")
 
 

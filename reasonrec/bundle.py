@@ -113,6 +113,14 @@ class BundleWriter:
         shutil.copytree(folder, self._stage / "tools" / name, dirs_exist_ok=True)
         self._tools[name] = {"metrics": metrics}
 
+    def staged_tools(self) -> list[str]:
+        return sorted(self._tools)
+
+    def staged_tool(self, name: str, holdout: bool = False) -> Path:
+        """The folder of a tool added to this writer (its holdout copy when asked and it has one)."""
+        folder = self._stage / "tools" / name
+        return folder / "holdout" if holdout and (folder / "holdout" / "model.safetensors").exists() else folder
+
     def add_vlm(self, folder: str | Path, info: dict) -> None:
         """The fine-tuned VLM's HF folder under ``vlm/``; replaces the previous one as a whole."""
         shutil.copytree(folder, self._stage / "vlm", dirs_exist_ok=True)

@@ -19,6 +19,8 @@ import dataclasses
 
 import numpy as np
 
+from reasonrec.scores import minmax
+
 MODES = ("tools-only", "vlm-only", "vlm+tools-always", "planner")
 SAME_AS = {"ctr": "direct"}  # CTR requests rank their candidates like direct ones and share its fitted policy
 PATHS = ("tool", "vote", "vlm", "aggregate")
@@ -40,15 +42,6 @@ class Policy:
             raise ValueError(f"planner policy low={self.low!r}: use 'tool' (the primary tool) or 'vote'")
         if not 0.0 <= self.tau_low <= self.tau_high <= 1.0 + 1e-9:
             raise ValueError(f"planner policy needs 0 <= tau_low <= tau_high <= 1, got {self.tau_low}, {self.tau_high}")
-
-
-def minmax(scores: np.ndarray) -> np.ndarray:
-    """Min-max per row over the finite entries (padding -> 0), so that tools on different scales compare."""
-    finite = np.isfinite(scores)
-    low = np.where(finite, scores, np.inf).min(axis=-1, keepdims=True)
-    high = np.where(finite, scores, -np.inf).max(axis=-1, keepdims=True)
-    span = np.where(np.isfinite(high - low), np.maximum(high - low, 1e-12), 1.0)
-    return np.where(finite, (scores - np.where(np.isfinite(low), low, 0.0)) / span, 0.0)
 
 
 def reciprocal_rank(scores: np.ndarray) -> np.ndarray:
@@ -171,26 +164,20 @@ class Planner:
         path[low] = self._per_task(task[low], lambda t: self.policy(t).low)
         return path
 
-    def needs_vlm(self, mode: str, routes: np.ndarray) -> np.ndarray:
-        """Route low never asks the VLM in planner mode; other modes ask it on every row or none."""
-        if mode not in MODES:
-            raise ValueError(f"mode {mode!r}: use one of {MODES}")
-        if mode == "planner":
-            return routes != "low"
-        return np.full(len(routes), mode != "tools-only")
-
     def aggregator(self, task: str) -> Aggregator:
         fitted = self._aggregators.get(SAME_AS.get(task, task))
         if fitted is None:
             raise ValueError(f"no fitted aggregator for task {task!r}: run `reasonrec fit-planner` on this bundle")
         return fitted
 
-    def decide(self, mode: str, task: np.ndarray, routes: np.ndarray, horizon: np.ndarray, tool_scores: np.ndarray,
+    def decide(self, mode: str, task: np.ndarray, plan: np.ndarray, horizon: np.ndarray, tool_scores: np.ndarray,
                vote: np.ndarray, vlm: np.ndarray, confidence: np.ndarray, tool_confidence: np.ndarray) -> Decision:
-        """``confidence``: the VLM's (NaN where not asked); ``tool_confidence``: the primary tool's own."""
-        path = self.paths_before_vlm(mode, task, routes)
+        """``plan``: each row's path before the VLM (``paths_before_vlm``, decided by the horizon stage);
+        ``confidence``: the VLM's (NaN where not asked); ``tool_confidence``: the primary tool's own. In planner mode
+        a row planned for the VLM alone (route medium) escalates when the VLM's confidence is below kappa."""
+        path = np.asarray(plan, dtype=object)
         kappa = self._per_task(task, lambda t: self.policy(t).kappa).astype(np.float64)
-        escalated = (mode == "planner") & (routes == "medium") & (np.nan_to_num(confidence, nan=0.0) < kappa)
+        escalated = (mode == "planner") & (path == "vlm") & (np.nan_to_num(confidence, nan=0.0) < kappa)
         path = np.where(escalated, "aggregate", path).astype(object)
         rows, n = vote.shape
         scores = np.full((rows, n), -np.inf)

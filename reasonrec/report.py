@@ -9,6 +9,7 @@ plan (tau_low, tau_high, kappa) replayed on the split's signals as VLM calls vs 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import posixpath
 
 import numpy as np
@@ -19,6 +20,7 @@ from reasonrec import storage
 from reasonrec.metrics import hit_and_ndcg
 
 CUTOFF = 5
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -114,7 +116,7 @@ def single_tools(data, bundle, results: pa.Table, task: str, split: str) -> dict
     """HR/NDCG@5 of every tool of the bundle alone, on the users the runs answered."""
     from reasonrec.data.prepared import EvalSet
     from reasonrec.data.vocab import Vocab
-    from reasonrec.evaluate import evaluate, tool_scorer
+    from reasonrec.evaluator import evaluate, tool_scorer
 
     evalset = data.eval_set(split)
     rows = Vocab(evalset.history.user_ids).index(_np(results.column("user_id")))
@@ -125,23 +127,23 @@ def single_tools(data, bundle, results: pa.Table, task: str, split: str) -> dict
                    if k.endswith(f"@{CUTOFF}")} for name in bundle.tool_names}
 
 
-def sweep(data, bundle, task: str, config: ReportConfig, log=print) -> dict:
+def sweep(data, bundle, task: str, config: ReportConfig) -> dict:
     """Every plan of the fitting grid replayed on the split (deployed tools, the VLM on every sampled row)."""
-    from reasonrec.batch.config import ScoreConfig, make_planner
+    from reasonrec.batch.config import ScoreConfig
+    from reasonrec.batch.context import Scoring
     from reasonrec.train.planner import plan_grid, ranks_by_answerer, replay, signals
     from reasonrec.vlm.deliberator import DeliberatorConfig
 
-    fitted = bundle.manifest.get("planner", {})
-    score = ScoreConfig(primary={**ScoreConfig().primary, **fitted.get("primary", {})},
-                        shortlist=fitted.get("shortlist", 20), deliberator=DeliberatorConfig(backend=config.backend))
-    table, target = signals(data, bundle, score, config.split, task, config.sweep_users, log=log)
+    fitted = bundle.manifest.get("planner", {})  # the primary tools it was fitted with come from the bundle
+    score = ScoreConfig(shortlist=fitted.get("shortlist", 20), deliberator=DeliberatorConfig(backend=config.backend))
+    table, target = signals(data, bundle, score, config.split, task, config.sweep_users)
     ranks = ranks_by_answerer(table, target, bundle, score)
     hits = {a: (r < CUTOFF).astype(np.float64) for a, r in ranks.items()}
     horizon = _np(table.column("horizon")).astype(np.float64)
     confidence = _np(pc.fill_null(table.column("vlm_confidence"), np.nan)).astype(np.float64)
     plans = plan_grid(horizon, confidence, 11)
     quality, share = replay(horizon, confidence, hits, plans)
-    policy = make_planner(bundle, score).policy(task)
+    policy = Scoring(bundle, score).planner.policy(task)
     fitted_plan = {"tau_low": np.array([policy.tau_low]), "tau_high": np.array([policy.tau_high]),
                    "kappa": np.array([policy.kappa]), "low_vote": np.array([policy.low == "vote"])}
     q, s = replay(horizon, confidence, hits, fitted_plan)
@@ -181,13 +183,14 @@ def plot_frontier(sweeps: dict, path: str) -> None:
     plt.close(fig)
 
 
-def write_report(run_uris: list[str], data_uri: str, out: str | None, config: ReportConfig,
-                 bundle_uri: str | None = None, log=print) -> dict:
+def write_report(run_uris: list[str], data_uri: str, out: str | None = None, config: ReportConfig | None = None,
+                 bundle_uri: str | None = None) -> dict:
     import tempfile
 
     from reasonrec.bundle import Bundle
     from reasonrec.data.prepared import PreparedData
 
+    config = config or ReportConfig()
     data = PreparedData(storage.absolute(data_uri))
     runs = {}
     for uri in run_uris:
@@ -203,7 +206,7 @@ def write_report(run_uris: list[str], data_uri: str, out: str | None, config: Re
     for task in tasks:
         section = {"modes": {}, "routes": {}, "agreement": {}, "cold_start": {}}
         for mode, (manifest, results) in runs.items():
-            from reasonrec.evaluate import ranks_from_results
+            from reasonrec.evaluator import ranks_from_results
 
             rows = results.filter(pc.equal(results.column("task"), task))
             users = _np(rows.column("user_id")).astype(object)
@@ -224,9 +227,9 @@ def write_report(run_uris: list[str], data_uri: str, out: str | None, config: Re
         section["single_tools"] = single_tools(data, bundle, any_rows.filter(pc.equal(any_rows.column("task"), task)),
                                                task, config.split)
         if config.sweep_users:
-            section["sweep"] = sweep(data, bundle, task, config, log)
+            section["sweep"] = sweep(data, bundle, task, config)
         report["tasks"][task] = section
-        log(f"report: {task} done")
+        logger.info(f"report: {task} done")
 
     # Next to the runs: RUNS/planner, RUNS/tools-only, ... -> RUNS/report
     out = out or storage.join(posixpath.dirname(storage.absolute(run_uris[0]).rstrip("/")), "report")
@@ -237,7 +240,7 @@ def write_report(run_uris: list[str], data_uri: str, out: str | None, config: Re
         with tempfile.TemporaryDirectory() as tmp:
             plot_frontier(sweeps, f"{tmp}/frontier.png")
             storage.write_bytes(storage.join(out, "frontier.png"), open(f"{tmp}/frontier.png", "rb").read())
-    log(f"report written to {out} (report.md, report.json" + (", frontier.png)" if sweeps else ")"))
+    logger.info(f"report written to {out} (report.md, report.json" + (", frontier.png)" if sweeps else ")"))
     report["out"] = out
     return report
 
@@ -249,15 +252,16 @@ def _f(v, digits=4) -> str:
 def render_markdown(report: dict) -> str:
     lines = [f"# ReasonRec run report ({report['split']} split, bundle {report['bundle']})", ""]
     for task, s in report["tasks"].items():
-        lines += [f"## {task}", "", f"| mode | rows | HR@{CUTOFF} | NDCG@{CUTOFF} | VLM calls | tool calls | tool usage "
-                  "| VLM overrides | ms/row | users/s |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"## {task}", "", f"| mode | rows | HR@{CUTOFF} | NDCG@{CUTOFF} | VLM calls | tool calls "
+                  "| tool usage | VLM overrides | ms/row | users/s |", "|---|---|---|---|---|---|---|---|---|---|"]
         for mode, m in s["modes"].items():
             lines.append(f"| {mode} | {m['rows']} | {_f(m[f'HR@{CUTOFF}'])} | {_f(m[f'NDCG@{CUTOFF}'])} | "
                          f"{m['vlm_calls']} | {m['tool_calls']} | {m['tool_usage']:.1%} | {m['override_rate']:.1%} | "
                          f"{m['latency_mean_ms']:.2f} | {m['users_per_s']} |")
         for name, m in s["single_tools"].items():
             lines.append(f"| tool {name} alone | | {_f(m[f'HR@{CUTOFF}'])} | {_f(m[f'NDCG@{CUTOFF}'])} | 0 | | | | | |")
-        lines += ["", "### Routes", "", "| mode | route | share | VLM calls | tool calls | escalated | mean ms | p95 ms |",
+        lines += ["", "### Routes", "",
+                  "| mode | route | share | VLM calls | tool calls | escalated | mean ms | p95 ms |",
                   "|---|---|---|---|---|---|---|---|"]
         for mode, rows in s["routes"].items():
             lines += [f"| {mode} | {r['route']} | {r['share']:.1%} | {r['vlm_calls']} | {r['tool_calls']} | "

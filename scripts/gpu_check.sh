@@ -19,7 +19,7 @@ from reasonrec.data import loaders, prepared, synthetic
 from reasonrec.horizon import EvidenceHorizon
 from reasonrec.vlm.backends.transformers_backend import TransformersDeliberator
 from reasonrec.vlm.build import load
-from reasonrec.vlm.deliberator import as_prompt
+from reasonrec.prompts.templates import Prompt
 from reasonrec.vlm.examples import ExamplesConfig, build_examples
 from reasonrec.vlm.finetune import FinetuneConfig, base_folder, train
 
@@ -40,7 +40,7 @@ print(f"fine-tune on {device}: {steps} steps x 16, loss {summary['loss_first']:.
       f"{summary['seconds']}s ({summary['seconds'] / steps * 1000:.0f} ms/step)")
 rows = build_examples(data, "test", horizon, {}, ExamplesConfig(seed=1), decision="answer",
                       tasks={"sequential": 1.0}).slice(0, 128).to_pylist()
-prompts = [as_prompt(r) for r in rows]
+prompts = [Prompt.from_row(r) for r in rows]
 for batch_size in (1, 8, 32):
     backend = TransformersDeliberator(model, processor, batch_size=batch_size, device=device)
     backend.label_logprobs(prompts[:batch_size])  # warm-up

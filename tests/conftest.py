@@ -6,7 +6,9 @@ import pytest
 
 from reasonrec.serve.api import ServeConfig, high_throughput_env
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+KINDS = ("unit", "integration", "vllm")  # tests/<kind>/: the marker each test gets (pyproject.toml)
 
 # Before anything starts Ray: local tests need no token auth, and S3 settings reach Ray workers via the env.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -20,6 +22,13 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 # Storage retries (standard AWS variable): few enough to keep failing tests short, enough that the fault tests'
 # random 8 % of failed requests never hit one request on every attempt (0.08^6 per request).
 os.environ.setdefault("AWS_MAX_ATTEMPTS", "6")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        kind = Path(item.fspath).parent.name
+        if kind in KINDS:
+            item.add_marker(kind)
 
 
 def free_port() -> int:
@@ -104,7 +113,7 @@ def bundle_uri(synthetic_data, s3_endpoint):
             tool = tool_class(name)(make_config(name, overrides), synthetic_data.n_items,
                                     synthetic_data.train.user_ids)
             fit(tool, synthetic_data.train, synthetic_data.eval_set("valid"),
-                refit_on=synthetic_data.train_and_valid, log=lambda *_: None,
+                refit_on=synthetic_data.train_and_valid,
                 holdout=lambda t, name=name: t.save(f"{tmp}/{name}/holdout"))
             tool.save(f"{tmp}/{name}")
             writer.add_tool(name, f"{tmp}/{name}", {})
@@ -132,7 +141,7 @@ def vlm_bundle_uri(bundle_uri, synthetic_data, ray_session):
         storage.write_bytes(storage.join(uri, rel), storage.read_bytes(storage.join(bundle_uri, rel)))
     config = FinetuneConfig(steps=12, warmup_steps=4, batch_size=4, lr=3e-3, log_every=4, eval_users=12,
                             tiny=TinyVLMConfig(vocab_size=1024), examples=ExamplesConfig(candidates=8, per_user=1))
-    finetune_vlm(synthetic_data.uri, uri, config, log=lambda *_: None)
+    finetune_vlm(synthetic_data.uri, uri, config)
     return uri
 
 
@@ -141,7 +150,8 @@ def planner_score():
     from reasonrec.batch.config import ScoreConfig
     from reasonrec.vlm.deliberator import DeliberatorConfig
 
-    return ScoreConfig(batch_size=128, shortlist=8, deliberator=DeliberatorConfig(backend="transformers", batch_size=16))
+    return ScoreConfig(batch_size=128, shortlist=8,
+                       deliberator=DeliberatorConfig(backend="transformers", batch_size=16))
 
 
 PLANNER_SCORE = planner_score()
@@ -155,7 +165,7 @@ def planner_bundle_uri(vlm_bundle_uri, synthetic_data):
     uri = "s3://reasonrec-test/planner/bundle"
     for rel in storage.list_files(vlm_bundle_uri):
         storage.write_bytes(storage.join(uri, rel), storage.read_bytes(storage.join(vlm_bundle_uri, rel)))
-    fit_planner(synthetic_data.uri, uri, FitPlannerConfig(users=150, score=planner_score()), log=lambda *_: None)
+    fit_planner(synthetic_data.uri, uri, FitPlannerConfig(users=150, score=planner_score()))
     return uri
 
 

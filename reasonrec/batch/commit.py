@@ -1,20 +1,37 @@
-"""The commit protocol of batch results (DESIGN.md §7).
+"""The commit protocol of batch results (DESIGN.md §7), laid out so that any reader can trust the output root.
 
-A run writes ``OUTPUT/run_date=D/run_id=R/part-*.parquet`` and ``quarantine/part-*.parquet`` beside them, then
-``_manifest.json`` last. The manifest lists every part it vouches for, so a part left by a failed write attempt
-is never read; readers use only committed runs, and for a date the latest committed run.
+    OUTPUT/run_date=D/part-<id>.parquet      the results of the date's latest committed run (schemas.RESULTS)
+    OUTPUT/run_date=D/_SUCCESS               written last: the date is complete (Hadoop/Spark convention)
+    OUTPUT/run_date=D/_manifest.json         a copy of that run's manifest (counts, settings, the part ids)
+    OUTPUT/_quarantine/run_date=D/part-<id>  the rows that run quarantined (Parquet, schemas.QUARANTINE)
+    OUTPUT/_runs/run_date=D/run_id=R/        each run's own folder: staged parts, resume ledger, header, manifest
 
-Resume: each written block also leaves ``ledger/part-*.parquet``, written after its parts: the (shard, row) keys
-of the input rows it answered, with its counts. A run that died before its manifest (driver crash) is picked up
-by the next run of the same date with the same inputs, bundle and settings: the rows its ledger covers are not
-read again, and the manifest counts the reused parts and says it resumed. The block is the unit of redone work.
+Readers that know nothing of manifests see exactly the committed results in a plain read of the root (or of
+``run_date=D``): ``pyarrow.dataset``, Spark, Hive and Trino/Athena skip ``_``-prefixed paths, and DuckDB's
+``read_parquet('OUTPUT')`` (which globs ``**/*.parquet``) matches only the published results, because they are the
+only files whose names end in ``.parquet``: no quarantine or ledger rows, nothing of a run still being written.
+``run_date`` is the only partition key and no column of the results. A run stages its parts in its own folder;
+``_manifest.json`` written there is the commit point; then the run is *published*: its parts move to ``run_date=D/``
+and ``_quarantine/run_date=D/``, the date's older parts are removed, ``_SUCCESS`` is written. Publishing is
+idempotent: a driver that dies midway leaves a committed run that ``read_committed`` reads from wherever its parts
+are and that the next run of the date publishes. While a ``--force`` rerun publishes, a plain reader of that date
+may see both runs' parts for those seconds (``_SUCCESS`` is absent then); manifest-aware readers
+(``read_committed``) never do.
+
+Resume: each written block also leaves ``ledger/part-<id>`` in the run's folder, written after its parts:
+the (shard, row) keys of the input rows it answered, with its counts. A run that died before its manifest (driver
+crash) is picked up by the next run of the same date with the same inputs, bundle and settings: the rows its
+ledger covers are not read again, and the manifest counts the reused parts and says it resumed. The block is the
+unit of redone work.
 """
 from __future__ import annotations
 
 import datetime as dt
 import json
+import posixpath
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,8 +42,11 @@ from reasonrec import storage
 from reasonrec.data import schemas
 
 MANIFEST = "_manifest.json"
+SUCCESS = "_SUCCESS"
 RUN_HEADER = "_run.json"  # what the run scores (inputs, bundle, settings): a rerun resumes only the same work
 LEDGER = "ledger"
+RUNS = "_runs"
+QUARANTINE = "_quarantine"
 
 
 @dataclass(frozen=True)
@@ -47,11 +67,32 @@ class Run:
 
     @property
     def date_uri(self) -> str:
+        """Where the date's committed results are published."""
         return storage.join(self.output, f"run_date={self.run_date}")
 
     @property
+    def quarantine_uri(self) -> str:
+        return storage.join(self.output, QUARANTINE, f"run_date={self.run_date}")
+
+    @property
     def uri(self) -> str:
-        return storage.join(self.date_uri, f"run_id={self.run_id}")
+        """The run's own folder: its staged parts, ledger, header and manifest."""
+        return storage.join(runs_uri(self.output, self.run_date), f"run_id={self.run_id}")
+
+    def staged(self, kind: str, part: str) -> str:
+        """Where a block's ``results``, ``quarantine`` or ``ledger`` file is written (no ``.parquet`` suffix)."""
+        return storage.join(self.uri, kind, part)
+
+    def published(self, kind: str, part: str) -> str:
+        """Where a committed part is read: results as ``run_date=D/<part>.parquet``, quarantine beside in
+        ``_quarantine/``."""
+        if kind == "results":
+            return storage.join(self.date_uri, f"{part}.parquet")
+        return storage.join(self.quarantine_uri, part)
+
+
+def runs_uri(output: str, run_date: str) -> str:
+    return storage.join(output, RUNS, f"run_date={run_date}")
 
 
 def write_part(table: pa.Table, run: Run) -> dict:
@@ -59,18 +100,16 @@ def write_part(table: pa.Table, run: Run) -> dict:
     ok = table.column("error").is_null()
     results = _results(table.filter(ok), run.run_id)
     quarantine = _quarantine(table.filter(pc.invert(ok)), run.run_id)
-    name = f"part-{uuid.uuid4().hex}.parquet"
+    name = f"part-{uuid.uuid4().hex}"
     written = {"results": [], "quarantine": []}
-    if results.num_rows:
-        storage.write_parquet(results, storage.join(run.uri, name))
-        written["results"].append(name)
-    if quarantine.num_rows:
-        storage.write_parquet(quarantine, storage.join(run.uri, "quarantine", name))
-        written["quarantine"].append(f"quarantine/{name}")
+    for kind, rows in (("results", results), ("quarantine", quarantine)):
+        if rows.num_rows:
+            storage.write_parquet(rows, run.staged(kind, name))
+            written[kind].append(name)
     part = _stats(results, quarantine, written)
     # Last: a ledger entry vouches for parts that are complete (a crash before it means the block is redone).
     keys = table.select(["shard", "row"]).replace_schema_metadata({"part": json.dumps(part)})
-    storage.write_parquet(keys, storage.join(run.uri, LEDGER, name))
+    storage.write_parquet(keys, run.staged(LEDGER, name))
     return part
 
 
@@ -192,8 +231,8 @@ def recorded_parts(run: Run) -> tuple[list[dict], pa.Table]:
             part = json.loads(table.schema.metadata[b"part"])
         except (OSError, pa.ArrowException, KeyError, TypeError, ValueError):
             continue
-        files = part["results"] + part["quarantine"]
-        if not all(storage.exists(storage.join(run.uri, f)) for f in files):
+        files = [run.staged(kind, name) for kind in ("results", "quarantine") for name in part[kind]]
+        if not all(storage.exists(f) for f in files):
             continue
         block = frozenset(zip(table.column("shard").to_pylist(), table.column("row").to_pylist()))
         if seen & block:
@@ -223,37 +262,70 @@ def finish(run: Run, rows_in: int, header: dict, parts: list[dict], reused: int,
 
 
 def commit(run: Run, manifest: dict) -> dict:
-    """Remove parts no manifest vouches for, write the manifest, then retire the date's other runs."""
-    listed = set(manifest["results"]) | set(manifest["quarantine"])
+    """Remove what the manifest does not vouch for (parts of failed write attempts, the ledger, the header), write
+    the manifest (the commit point), then publish the run."""
+    listed = {f"{kind}/{name}" for kind in ("results", "quarantine") for name in manifest[kind]}
     for rel in storage.list_files(run.uri):
         if rel not in listed:
             storage.delete(storage.join(run.uri, rel))
     manifest = {**manifest, "run_id": run.run_id, "run_date": run.run_date, "output": run.output}
     storage.write_json(storage.join(run.uri, MANIFEST), manifest)
-    for other in _run_ids(run.output, run.run_date):
-        if other != run.run_id:
-            storage.delete(storage.join(run.date_uri, f"run_id={other}"))
+    publish(manifest)
     return manifest
 
 
+def publish(manifest: dict) -> None:
+    """Make the date's visible folders hold exactly this committed run's parts, then ``_SUCCESS``; retire the date's
+    other runs. Idempotent: parts already moved are skipped."""
+    run = Run(manifest["output"], manifest["run_date"], manifest["run_id"])
+    storage.delete(storage.join(run.date_uri, SUCCESS))  # the date is in flux for readers that check it
+    parts = [(kind, name) for kind in ("results", "quarantine") for name in manifest[kind]]
+
+    def move(part) -> None:
+        staged, published = run.staged(*part), run.published(*part)
+        if storage.exists(staged):
+            storage.move(staged, published)
+        elif not storage.exists(published):
+            raise RuntimeError(f"run {run.uri}: {part[0]} part {part[1]} is neither staged nor published")
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(move, parts))
+    for kind in ("results", "quarantine", LEDGER):  # empty now (on local disk the folders stay)
+        storage.delete(storage.join(run.uri, kind))
+    for folder, kind in ((run.date_uri, "results"), (run.quarantine_uri, "quarantine")):
+        keep = {posixpath.basename(run.published(kind, name)) for name in manifest[kind]}
+        for rel in storage.list_files(folder):
+            if rel not in keep:  # an older run's parts (and the date's manifest copy, rewritten below)
+                storage.delete(storage.join(folder, rel))
+    storage.write_json(storage.join(run.date_uri, MANIFEST), manifest)
+    storage.write_bytes(storage.join(run.date_uri, SUCCESS), b"")
+    for other in _run_ids(run.output, run.run_date):
+        if other != run.run_id:
+            storage.delete(storage.join(runs_uri(run.output, run.run_date), f"run_id={other}"))
+
+
+def is_published(manifest: dict) -> bool:
+    run = Run(manifest["output"], manifest["run_date"], manifest["run_id"])
+    return storage.exists(storage.join(run.date_uri, SUCCESS)) and \
+        storage.read_json(storage.join(run.date_uri, MANIFEST)).get("run_id") == run.run_id
+
+
 def _run_ids(output: str, run_date: str) -> list[str]:
-    prefix = f"run_date={run_date}"
-    files = storage.list_files(storage.join(output, prefix))
-    return sorted({f.split("/")[0][len("run_id="):] for f in files if f.startswith("run_id=")})
+    return [d[len("run_id="):] for d in storage.list_dirs(runs_uri(output, run_date)) if d.startswith("run_id=")]
 
 
 def committed_run(output: str, run_date: str) -> dict | None:
     """The manifest of the date's latest committed run, if any."""
     manifests = []
     for run_id in _run_ids(output, run_date):
-        uri = storage.join(output, f"run_date={run_date}", f"run_id={run_id}", MANIFEST)
+        uri = storage.join(runs_uri(output, run_date), f"run_id={run_id}", MANIFEST)
         if storage.exists(uri):
             manifests.append(storage.read_json(uri))
     return max(manifests, key=lambda m: m["finished"], default=None)
 
 
 def committed_dates(output: str) -> list[str]:
-    dates = {f.split("/")[0][len("run_date="):] for f in storage.list_files(output) if f.startswith("run_date=")}
+    dates = [d[len("run_date="):] for d in storage.list_dirs(storage.join(output, RUNS)) if d.startswith("run_date=")]
     return sorted(d for d in dates if committed_run(output, d) is not None)
 
 
@@ -269,5 +341,13 @@ def read_committed(output: str, run_date: str | None = None, table: str = "resul
         raise FileNotFoundError(f"{output}: run_date={run_date} has no committed run")
     run = Run(output, run_date, manifest["run_id"])
     schema = schemas.RESULTS if table == "results" else schemas.QUARANTINE
-    parts = [storage.read_parquet(storage.join(run.uri, rel)) for rel in manifest[table]]
+
+    def part(name: str) -> pa.Table:
+        try:
+            return storage.read_parquet(run.published(table, name))
+        except FileNotFoundError:  # committed, not yet published (its driver died while publishing)
+            return storage.read_parquet(run.staged(table, name))
+
+    with ThreadPoolExecutor(16) as pool:
+        parts = list(pool.map(part, manifest[table]))
     return pa.concat_tables(parts) if parts else schema.empty_table()

@@ -11,24 +11,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from reasonrec.batch.config import ScoreConfig, make_planner
 from reasonrec.batch.columns import appended, padded
-from reasonrec.batch.horizon_stage import ROUTED
-from reasonrec.batch.requests import STREAM
-from reasonrec.bundle import Bundle
+from reasonrec.batch.context import Scoring
+from reasonrec.batch.stream import ANSWER, ANSWER_COLUMNS
 from reasonrec.data import schemas
 from reasonrec.data.vocab import Vocab
 
-ANSWER_COLUMNS = ("confidence", "ranked", "tools", "trace", "model_version", "latency_ms", "path", "vlm_called",
-                  "escalated", "overrode", "vlm_top", "tools_top")
-
 
 class PlannerStage:
-    def __init__(self, bundle: Bundle, config: ScoreConfig):
-        self.config = config
-        self.vocab = Vocab(bundle.item_ids(), offset=1)
-        self.planner = make_planner(bundle, config)
-        self.version = bundle.version
+    def __init__(self, scoring: Scoring, mode: str | None = None):
+        """``mode``: another mode than the config's, for replaying the same signals (fit-planner)."""
+        self.mode, self.shortlist = mode or scoring.config.mode, scoring.config.shortlist
+        self.vocab, self.planner, self.version = scoring.vocab, scoring.planner, scoring.bundle.version
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if batch.column("error").null_count == batch.num_rows and batch.num_rows:
@@ -42,10 +36,10 @@ class PlannerStage:
 
     def answer(self, batch: pa.Table) -> pa.Table:
         start = time.perf_counter()
-        n, tools = self.config.shortlist, self.planner.tools
+        n, tools = self.shortlist, self.planner.tools
         rows = batch.num_rows
         task = batch.column("task").to_numpy(zero_copy_only=False).astype(object)
-        route = batch.column("route").to_numpy(zero_copy_only=False).astype(object)
+        plan = batch.column("plan").to_numpy(zero_copy_only=False).astype(object)
         horizon = batch.column("horizon").to_numpy(zero_copy_only=False).astype(np.float64)
         k = batch.column("k").to_numpy(zero_copy_only=False).astype(np.int64)
         index = self.vocab.index
@@ -61,7 +55,7 @@ class PlannerStage:
         tool_conf = batch.column("tool_confidence").to_numpy(zero_copy_only=False).astype(np.float32)
         shortlist, vote = _widened(pool[:, :n], n, -1), _widened(pool_scores[:, :n], n, -np.inf)
 
-        d = self.planner.decide(self.config.mode, task, route, horizon, tool_scores, vote, vlm, vlm_conf, tool_conf)
+        d = self.planner.decide(self.mode, task, plan, horizon, tool_scores, vote, vlm, vlm_conf, tool_conf)
         items, scores = self._rankings(d, shortlist, pool, pool_scores, batch)
         keep = (np.arange(items.shape[1])[None, :] < k[:, None]) & np.isfinite(scores) & (items > 0)
         ranked = _ranked(items, scores, keep, self.vocab)
@@ -71,7 +65,8 @@ class PlannerStage:
         voted = (d.path == "vote") | (d.path == "aggregate")
         tools_top = np.where(d.path == "tool", primary_top, np.where(voted, pool[:, 0], -1))
         names = _tool_names(d.consulted, tools)
-        latency = batch.column("latency_ms").to_numpy(zero_copy_only=False) + 1000 * (time.perf_counter() - start) / rows
+        spent = 1000 * (time.perf_counter() - start) / rows
+        latency = batch.column("latency_ms").to_numpy(zero_copy_only=False) + spent
         answers = {
             "confidence": pa.array(d.confidence, pa.float32()),
             "ranked": ranked,
@@ -86,7 +81,7 @@ class PlannerStage:
             "vlm_top": _ids(vlm_top, self.vocab),
             "tools_top": _ids(tools_top, self.vocab),
         }
-        return appended(batch.drop_columns(["latency_ms"]), ANSWER_FIELDS, [answers[name] for name in ANSWER_COLUMNS])
+        return appended(batch.drop_columns(["latency_ms"]), ANSWER, [answers[name] for name in ANSWER_COLUMNS])
 
     def _rankings(self, d, shortlist, pool, pool_scores, batch) -> tuple[np.ndarray, np.ndarray]:
         """(rows, width) item indices and scores, best first, per each row's path."""
@@ -125,7 +120,7 @@ class PlannerStage:
         path = np.where(d.escalated, np.char.add(d.path.astype(str), " (escalated)"), d.path.astype(str))
         return pc.binary_join_element_wise(
             "EH: ", text(np.char.mod("%.2f", batch.column("horizon").to_numpy(zero_copy_only=False))),
-            " (", batch.column("route"), f"); mode: {self.config.mode}; path: ", text(path), "; vlm: ", vlm_part,
+            " (", batch.column("route"), f"); mode: {self.mode}; path: ", text(path), "; vlm: ", vlm_part,
             "; tools: ", tools_part, "; answer: ", _ids(answer, self.vocab),
             "; confidence: ", text(np.char.mod("%.2f", d.confidence)),
             text(np.where(d.overrode, "; vlm overrode the tools", "")), "",
@@ -162,16 +157,4 @@ def _ranked(items: np.ndarray, scores: np.ndarray, keep: np.ndarray, vocab: Voca
 
 
 def _without_answers(batch: pa.Table) -> pa.Table:
-    return appended(batch.drop_columns(["latency_ms"]), ANSWER_FIELDS,
-                    [pa.nulls(batch.num_rows, f.type) for f in ANSWER_FIELDS])
-
-
-def _answered_schema() -> pa.Schema:
-    results = {f.name: f for f in schemas.RESULTS}
-    return pa.schema([*STREAM, *ROUTED,
-                      *(results[name] for name in ANSWER_COLUMNS)])
-
-
-# Column order of every block the sink sees.
-ANSWERED = _answered_schema()
-ANSWER_FIELDS = [ANSWERED.field(name) for name in ANSWER_COLUMNS]
+    return appended(batch.drop_columns(["latency_ms"]), ANSWER, [pa.nulls(batch.num_rows, f.type) for f in ANSWER])

@@ -3,7 +3,7 @@
 Per row it adds the majority vote's top ``max(shortlist, k)`` items (``pool``: the VLM's candidates are its first
 ``shortlist``, the rest is the tail of a final ranking), each tool's raw scores on the shortlist (``tool_scores``,
 tool-major, -inf on padding), and the primary tool's own top k with its confidence (the answer of route low).
-A row the planner hands to the primary tool alone (route low in planner mode, DESIGN.md §4) is scored by that tool
+A row whose plan is the primary tool alone (route low in planner mode, DESIGN.md §4) is scored by that tool
 only: its vote columns stay null, as nothing downstream reads them.
 Rows rejected by an earlier stage pass through with null signals, so every row reaches the sink.
 """
@@ -15,41 +15,30 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from reasonrec.batch.columns import appended, nulls, padded, strings
-from reasonrec.batch.config import ScoreConfig, consulted_tools, make_planner
-from reasonrec.batch.requests import history_sequences
-from reasonrec.bundle import Bundle
+from reasonrec.batch.columns import appended, padded, strings
+from reasonrec.batch.context import Scoring
+from reasonrec.batch.stream import SIGNALS, accepted, history_sequences
 from reasonrec.data.vocab import Vocab
-from reasonrec.evaluate import normalise
+from reasonrec.scores import majority_vote
 from reasonrec.tools.base import Tool, exclude_seen
-
-SIGNALS = [
-    pa.field("pool", pa.list_(pa.string())), pa.field("pool_scores", pa.list_(pa.float32())),
-    pa.field("tool_scores", pa.list_(pa.float32())),  # T x shortlist, flattened
-    pa.field("primary_items", pa.list_(pa.string())), pa.field("primary_scores", pa.list_(pa.float32())),
-    pa.field("tool_confidence", pa.float32()), pa.field("latency_ms", pa.float32()),
-]
 
 
 class ToolStage:
-    def __init__(self, bundle: Bundle, config: ScoreConfig, holdout: bool = False):
+    def __init__(self, scoring: Scoring, holdout: bool = False):
         """``holdout``: the tools as they were before their refit on the validation items (fit-planner)."""
-        torch.set_num_threads(config.torch_threads)
-        self.vocab = Vocab(bundle.item_ids(), offset=1)
-        self.config = config
-        self.names = consulted_tools(bundle, config)
-        self.tools: dict[str, Tool] = {name: bundle.load_tool(name, holdout) for name in self.names}
-        self.planner = make_planner(bundle, config)
+        torch.set_num_threads(scoring.config.torch_threads)
+        self.vocab, self.shortlist, self.primary = scoring.vocab, scoring.config.shortlist, scoring.primary
+        self.names = scoring.tools
+        self.tools: dict[str, Tool] = {name: scoring.bundle.load_tool(name, holdout) for name in self.names}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        ok, task = nulls(batch.column("error")), strings(batch.column("task"))
-        alone = ok & (self.planner.paths_before_vlm(self.config.mode, task, batch.column("route").to_numpy(
-            zero_copy_only=False)) == "tool")
+        ok, task = accepted(batch), strings(batch.column("task"))
+        alone = ok & (strings(batch.column("plan")) == "tool")
         one_group = len(ok) and ok.all() and (task == task[0]).all() and (alone == alone[0]).all()
-        if one_group and task[0] in self.config.primary:  # e.g. a served request: no regrouping
+        if one_group and task[0] in self.primary:  # e.g. a served request: no regrouping
             return self.signals(batch, task[0], bool(alone[0]))
         parts = [_without_signals(batch.filter(pa.array(~ok)))]
-        for name in self.config.primary:
+        for name in self.primary:
             for primary_only in (False, True):
                 rows = batch.filter(pa.array(ok & (task == name) & (alone == primary_only)))
                 if rows.num_rows:
@@ -60,10 +49,10 @@ class ToolStage:
     def signals(self, batch: pa.Table, task: str, primary_only: bool = False) -> pa.Table:
         start = time.perf_counter()
         history = history_sequences(batch, self.vocab)
-        primary_name = self.config.primary[task]
+        primary_name = self.primary[task]
         names = [primary_name] if primary_only else self.names
         raw = {name: self.tools[name].score(history) for name in names}
-        vote = None if primary_only else torch.stack([normalise(s) for s in raw.values()]).mean(dim=0)  # Majority Vote
+        vote = None if primary_only else majority_vote(raw.values())
         k = torch.from_numpy(batch.column("k").to_numpy().astype(np.int64))
         if task == "sequential":
             for scores in (*raw.values(), *([] if vote is None else [vote])):
@@ -93,7 +82,7 @@ class ToolStage:
     def _vote(self, raw: dict[str, torch.Tensor], vote: torch.Tensor, eligible: torch.Tensor | None,
               k: torch.Tensor) -> dict[str, pa.Array]:
         """The vote's pool and every tool's scores on its shortlist."""
-        n = self.config.shortlist
+        n = self.shortlist
         pool_scores, pool = _top(vote, eligible, max(int(k.max()), n))
         short = pool[:, :n].clamp(min=0)
         padding = ~torch.isfinite(pool_scores[:, :n])

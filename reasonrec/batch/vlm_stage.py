@@ -1,7 +1,7 @@
-"""The VLM stage: rows the planner sends to the VLM get a listing prompt over their shortlist and one forward pass.
+"""The VLM stage: rows whose plan asks the VLM get a listing prompt over their shortlist and one forward pass.
 
-Rows that do not need the VLM (route low in ``planner`` mode, every row in ``tools-only``) pass through without a
-model call; their ``vlm_scores`` stay NaN. The prompt states the horizon and asks the VLM to answer on its own
+Other rows (route low in ``planner`` mode, every row in ``tools-only``) pass through without a model call; their
+``vlm_scores`` stay NaN. The prompt states the horizon and asks the VLM to answer on its own
 (``decision: answer``): it gives its prediction before the tools are consulted (paper Fig. 3), so that the
 aggregator combines two independent opinions.
 """
@@ -16,18 +16,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from reasonrec.batch.columns import list_parts, nulls, strings
-from reasonrec.batch.config import ScoreConfig, make_planner
-from reasonrec.batch.deliberator_stage import DeliberatorStage
-from reasonrec.bundle import Bundle
+from reasonrec.batch.columns import appended, list_parts, strings
+from reasonrec.batch.context import Scoring
+from reasonrec.batch.stream import ASKS_VLM, VLM, accepted, reject
 from reasonrec.data.vocab import Vocab
+from reasonrec.prompts.catalogue import Catalogue
 from reasonrec.prompts.cot import Deliberation, format_context
 from reasonrec.prompts.templates import Item, load_templates, render
-from reasonrec.vlm.deliberator import deliberate
-from reasonrec.vlm.examples import Catalogue
+from reasonrec.vlm.deliberator import BundleDeliberator
 
 NO_HISTORY = Item("no purchases yet")
-VLM_FIELDS = [pa.field("vlm_scores", pa.list_(pa.float32())), pa.field("vlm_confidence", pa.float32())]
 
 
 class PromptBuilder:
@@ -67,65 +65,47 @@ class PromptBuilder:
 
 
 class VLMStage:
-    def __init__(self, bundle: Bundle, config: ScoreConfig):
-        self.config = config
-        self.vocab = Vocab(bundle.item_ids(), offset=1)
-        self.planner = make_planner(bundle, config)
+    def __init__(self, scoring: Scoring):
+        bundle, config = scoring.bundle, scoring.config
+        self.shortlist = config.shortlist
         examples = bundle.manifest.get("vlm", {}).get("config", {}).get("examples", {})
-        catalogue = Catalogue(pq.read_table(io.BytesIO(bundle.read("catalogue.parquet"))), self.vocab,
+        catalogue = Catalogue(pq.read_table(io.BytesIO(bundle.read("catalogue.parquet"))), scoring.vocab,
                               images=examples.get("images", True))
-        self.prompts = PromptBuilder(catalogue, self.vocab, config.template, examples.get("max_history", 5))
-        self.bundle = bundle
-        self._deliberator: DeliberatorStage | None = None
-
-    @property
-    def deliberator(self) -> DeliberatorStage:
-        # Loaded on the first row that needs it: a planner run that routes every row low never loads the model.
-        if self._deliberator is None:
-            self._deliberator = DeliberatorStage(self.bundle, self.config.deliberator)
-        return self._deliberator
+        self.prompts = PromptBuilder(catalogue, scoring.vocab, config.template, examples.get("max_history", 5))
+        self.deliberate = BundleDeliberator(bundle, config.deliberator)
 
     def _image_problems(self, prompts: list[dict]) -> list[str | None]:
         """Per prompt the first of its images that cannot be used (unreadable, too large), as a reason."""
-        images = self.deliberator.backend.images
+        images = self.deliberate.backend.images
         return [next((f"images: {p}" for p in map(images.problem, row["images"]) if p), None) for row in prompts]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        n, rows = self.config.shortlist, batch.num_rows
+        n, rows = self.shortlist, batch.num_rows
         scores = np.full((rows, n), np.nan, dtype=np.float32)
         confidence = np.full(rows, np.nan, dtype=np.float32)
         latency = pc.fill_null(batch.column("latency_ms"), 0.0).to_numpy(zero_copy_only=False).copy()
-        route = strings(batch.column("route"))
-        valid = nulls(batch.column("error")).copy()
-        asked = np.flatnonzero(valid & self.planner.needs_vlm(self.config.mode, route))
+        valid = accepted(batch).copy()
+        asked = np.flatnonzero(valid & np.isin(strings(batch.column("plan")), ASKS_VLM))
         if len(asked):
             start = time.perf_counter()
             prompts, orders = self.prompts.rows(batch.take(asked), n)
             problems = self._image_problems(prompts)
             if any(problems):  # an item image that cannot be used: the row goes to quarantine, named
                 bad = np.array([p is not None for p in problems])
-                batch = _reject(batch, asked[bad], [p for p in problems if p])
+                batch = reject(batch, asked[bad], [p for p in problems if p], "vlm")
                 valid[asked[bad]] = False
                 prompts = [p for p, b in zip(prompts, bad) if not b]
                 orders = [o for o, b in zip(orders, bad) if not b]
                 asked = asked[~bad]
-            found = deliberate(self.deliberator.backend, prompts) if prompts else []
+            found = self.deliberate(prompts) if prompts else []
             for row, order, verdict in zip(asked, orders, found):  # back to shortlist order: one short vector per row
                 scores[row, order] = verdict.scores
             confidence[asked] = [v.confidence for v in found]
             latency[asked] += 1000 * (time.perf_counter() - start) / max(len(asked), 1)
         batch = batch.set_column(batch.schema.get_field_index("latency_ms"), "latency_ms", _nullable(latency, valid))
-        batch = batch.append_column(VLM_FIELDS[0], pa.FixedSizeListArray.from_arrays(
-            pa.array(scores.reshape(-1), pa.float32()), n).cast(VLM_FIELDS[0].type))
-        return batch.append_column(VLM_FIELDS[1], pa.array(confidence, pa.float32(), mask=np.isnan(confidence)))
-
-
-def _reject(batch: pa.Table, rows: np.ndarray, reasons: list[str]) -> pa.Table:
-    error = batch.column("error").to_numpy(zero_copy_only=False).astype(object)
-    stage = batch.column("stage").to_numpy(zero_copy_only=False).astype(object)
-    error[rows], stage[rows] = reasons, "vlm"
-    batch = batch.set_column(batch.schema.get_field_index("error"), "error", pa.array(error, pa.string()))
-    return batch.set_column(batch.schema.get_field_index("stage"), "stage", pa.array(stage, pa.string()))
+        return appended(batch, VLM, [
+            pa.FixedSizeListArray.from_arrays(pa.array(scores.reshape(-1), pa.float32()), n).cast(VLM[0].type),
+            pa.array(confidence, pa.float32(), mask=np.isnan(confidence))])
 
 
 def _nullable(values: np.ndarray, valid: np.ndarray) -> pa.Array:

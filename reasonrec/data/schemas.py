@@ -53,7 +53,8 @@ def conform(table: pa.Table, schema: pa.Schema, source: str, required: tuple[str
             raise ValueError(f"{source}: column {field.name!r} cannot be read as {field.type}: {e}") from e
         if not field.nullable and col.null_count:
             first = col.is_null().to_numpy(zero_copy_only=False).nonzero()[0][0]
-            raise ValueError(f"{source}: column {field.name!r} has {col.null_count} null value(s), first at row {first}")
+            raise ValueError(f"{source}: column {field.name!r} has {col.null_count} null value(s), "
+                             f"first at row {first}")
         columns.append(col)
     return pa.Table.from_arrays(columns, schema=schema)
 

@@ -52,6 +52,9 @@ def sample_candidates(interactions: pa.Table, targets: pa.Table, catalogue: np.n
     """
     rng = np.random.default_rng(seed)
     n_items = len(catalogue)
+    if n_negatives >= n_items:
+        raise ValueError(f"--negatives {n_negatives}: the catalogue has only {n_items} items; sample fewer negatives "
+                         "than there are items")
     users = targets.column("user_id").to_numpy(zero_copy_only=False)
     seen_rows = Vocab(users).index(interactions.column("user_id"))
     keep = seen_rows >= 0

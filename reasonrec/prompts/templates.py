@@ -46,6 +46,13 @@ class Prompt:
     labels: tuple[str, ...]  # the candidate labels, in listing order (empty for yes/no and explain)
     template_id: str
 
+    @classmethod
+    def from_row(cls, row: dict) -> "Prompt":
+        """A prompt row (``prompt``, ``images``, ``labels``, ``template_id``: what the example builder and the VLM
+        stage write) as a Prompt."""
+        return cls(row["prompt"], tuple(row.get("images") or ()), tuple(row.get("labels") or ()),
+                   row.get("template_id", ""))
+
 
 @lru_cache(maxsize=None)
 def load_templates(path: str | None = None) -> tuple[Template, ...]:

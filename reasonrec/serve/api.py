@@ -21,7 +21,8 @@ class RecommendRequest(BaseModel):
     user_id: str = ID
     task: Literal["sequential", "direct", "ctr"] = "sequential"
     history: list[str] | None = Field(default=None, max_length=MAX_HISTORY,
-                                      description="item ids, oldest first; omitted: the user's history in the bundle's data")
+                                      description="item ids, oldest first; omitted: the user's history in the "
+                                                  "bundle's data")
     candidates: list[str] | None = Field(default=None, min_length=1, max_length=MAX_CANDIDATES,
                                          description="items to rank; omitted: the whole catalogue (sequential)")
     k: int = Field(default=10, ge=1, le=MAX_K)

@@ -1,18 +1,22 @@
-"""Plain parts of the Serve app: request rows in the nightly job's stream form, histories, responses."""
+"""Plain parts of the Serve app: request rows in the nightly job's stream form, histories, responses, and
+``Recommender``, the whole app in one process (what the deployments of actors/serve.py split across replicas)."""
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
 
-from reasonrec.batch.columns import nulls
+from reasonrec.batch.columns import strings
 from reasonrec.batch.config import ScoreConfig
+from reasonrec.batch.context import Scoring
 from reasonrec.batch.horizon_stage import HorizonStage
 from reasonrec.batch.planner_stage import PlannerStage
-from reasonrec.batch.requests import conform
+from reasonrec.batch.shards import conform
+from reasonrec.batch.stream import ASKS_VLM, accepted
 from reasonrec.batch.tool_stage import ToolStage
 from reasonrec.bundle import Bundle
 from reasonrec.data import schemas
 from reasonrec.data.vocab import Vocab
+from reasonrec.serve.api import RecommendRequest
 
 RESPONSE_COLUMNS = ["user_id", "task", "route", "path", "horizon", "confidence", "tools", "trace", "model_version",
                     "ranked", "error", "stage"]
@@ -42,16 +46,13 @@ class ToolAnswerer:
     """The tool replica's work: horizon, every consulted tool and, for rows the planner answers without the VLM,
     the decision, so that a route-low request makes one hop from the ingress and back."""
 
-    def __init__(self, bundle: Bundle, config: ScoreConfig):
-        self.horizon, self.tools = HorizonStage(bundle, config), ToolStage(bundle, config)
-        self.decide = PlannerStage(bundle, config)
-        self.mode = config.mode
+    def __init__(self, scoring: Scoring):
+        self.horizon, self.tools, self.decide = HorizonStage(scoring), ToolStage(scoring), PlannerStage(scoring)
 
     def __call__(self, requests: list[dict]) -> list[dict | pa.Table]:
-        """Each request's response body, or (for a row the planner sends to the VLM) its signal row."""
+        """Each request's response body, or (for a row whose plan asks the VLM) its signal row."""
         rows = in_order(self.tools(self.horizon(request_table(requests))))
-        route = rows.column("route").to_numpy(zero_copy_only=False)
-        to_vlm = nulls(rows.column("error")) & self.decide.planner.needs_vlm(self.mode, route)
+        to_vlm = accepted(rows) & np.isin(strings(rows.column("plan")), ASKS_VLM)
         answered = rows.filter(pa.array(~to_vlm)) if to_vlm.any() else rows
         answers = iter(responses(in_order(self.decide(answered))))
         return [rows.slice(i, 1) if vlm else next(answers) for i, vlm in enumerate(to_vlm)]
@@ -88,3 +89,32 @@ def responses(answered: pa.Table) -> list[dict]:
         r["tools"], r["items"] = r["tools"] or [], r.pop("ranked") or []
         out.append(r)
     return out
+
+
+class Recommender:
+    """The Serve app's answers in this process: ``recommend(request)`` gives the body ``POST /v1/recommend`` returns
+    for the same bundle, config and request (``RecommendRequest`` fields; an omitted history is the user's in the
+    bundle's data). A request the job's validator rejects raises ``ValueError`` with its reason."""
+
+    def __init__(self, bundle: str | Bundle, config: ScoreConfig | None = None):
+        bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
+        self.scoring = Scoring(bundle, config or ScoreConfig())
+        self.scoring.check()
+        self.tools = ToolAnswerer(self.scoring)
+        self.histories = Histories(bundle.manifest.get("data", {}).get("uri"))
+        self._vlm = None  # the model loads on the first request that needs it, as in the Serve app
+
+    def recommend(self, request: dict) -> dict:
+        request = RecommendRequest.model_validate(request).model_dump()
+        if request["history"] is None:
+            request["history"] = self.histories.get(request["user_id"])
+        answer = self.tools([request])[0]
+        if isinstance(answer, pa.Table):  # the planner sends this row to the VLM
+            if self._vlm is None:
+                from reasonrec.batch.vlm_stage import VLMStage
+
+                self._vlm = VLMStage(self.scoring)
+            answer = responses(in_order(self.tools.decide(self._vlm(answer))))[0]
+        if "error" in answer:
+            raise ValueError(answer["error"])
+        return answer

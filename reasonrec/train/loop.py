@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from typing import Callable
 
@@ -10,18 +11,21 @@ import torch
 from torch import nn
 
 from reasonrec.data.prepared import EvalSet, Sequences
-from reasonrec.evaluate import evaluate
+from reasonrec.evaluator import evaluate
 from reasonrec.tools.base import Tool
+
+logger = logging.getLogger(__name__)
 
 
 def fit(tool: Tool, train: Sequences, valid: EvalSet | None = None, *, refit_on: Sequences | None = None,
-        module: nn.Module | None = None, shard: tuple[int, int] = (0, 1), log: Callable = print,
+        module: nn.Module | None = None, shard: tuple[int, int] = (0, 1),
         holdout: Callable[[Tool], None] | None = None) -> dict:
     """Train ``tool`` on ``train``; early-stop on validation NDCG@10 and keep the best weights.
 
     With ``tool.config.refit`` and ``refit_on`` (train + validation interactions), the chosen number of epochs is
     then rerun from the initial weights on ``refit_on``; ``holdout(tool)`` sees the model before that refit (one
-    that has not seen the validation items: the planner is fitted on them). ``module`` is what the loss is computed through (``tool``
+    that has not seen the validation items: the planner is fitted on them). ``module`` is what the loss is computed
+    through (``tool``
     or its DDP wrapper); ``shard`` = (rank, world size) selects this worker's users.
     """
     cfg = tool.config
@@ -32,22 +36,22 @@ def fit(tool: Tool, train: Sequences, valid: EvalSet | None = None, *, refit_on:
     best = {"epoch": 0}
     if tool.trainable:
         mine = lambda seqs: seqs.select(np.arange(shard[0], len(seqs), shard[1]))  # noqa: E731
-        best = _train(tool, module or tool, mine(train), valid, cfg.epochs, rng, log)
+        best = _train(tool, module or tool, mine(train), valid, cfg.epochs, rng)
         if cfg.refit and refit_on is not None and valid is not None:
             if holdout is not None:
                 tool.finalize()
                 tool.eval()
                 holdout(tool)
-            log(f"[{tool.name}] refit on train+valid for {best['epoch']} epochs")
+            logger.info(f"[{tool.name}] refit on train+valid for {best['epoch']} epochs")
             tool.load_state_dict(initial)
             tool.attach(refit_on)
-            _train(tool, module or tool, mine(refit_on), None, best["epoch"], rng, log)
+            _train(tool, module or tool, mine(refit_on), None, best["epoch"], rng)
     tool.finalize()
     tool.eval()
     return best
 
 
-def _train(tool, module, train, valid, epochs, rng, log) -> dict:
+def _train(tool, module, train, valid, epochs, rng) -> dict:
     cfg = tool.config
     optimizer = torch.optim.Adam(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     best, best_state, stale = {"epoch": 0, "NDCG@10": -1.0}, None, 0
@@ -71,8 +75,8 @@ def _train(tool, module, train, valid, epochs, rng, log) -> dict:
                 stale += 1
         metrics["seconds"] = time.perf_counter() - start
         if epoch % cfg.eval_every == 0 or epoch == epochs:
-                log(f"[{tool.name}] " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                             for k, v in metrics.items()))
+            logger.info(f"[{tool.name}] " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                                     for k, v in metrics.items()))
         if valid is not None and stale >= cfg.patience:
             break
     if best_state is not None:

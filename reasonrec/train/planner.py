@@ -10,14 +10,18 @@ whose validation HR@5 is within ``tolerance`` of the best plan's. The test split
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from reasonrec.batch.config import ScoreConfig, make_planner
+from reasonrec.batch.config import ScoreConfig
+from reasonrec.batch.context import Scoring
 from reasonrec.planner import Aggregator, Planner, Policy
+
+logger = logging.getLogger(__name__)
 
 ANSWERERS = ("tool", "vote", "vlm", "aggregate")
 CUTOFF = 5  # HR@5 / NDCG@5 decide
@@ -38,8 +42,8 @@ class FitPlannerConfig:
             raise ValueError("FitPlannerConfig: tolerance must be in [0, 1) and grid >= 2")
 
 
-def signals(data, bundle, config: ScoreConfig, split: str, task: str, users: int = 0, seed: int = 0,
-            log=print) -> tuple[pa.Table, np.ndarray]:
+def signals(data, bundle, config: ScoreConfig, split: str, task: str, users: int = 0,
+            seed: int = 0) -> tuple[pa.Table, np.ndarray]:
     """The split's requests for ``task`` through the job's stages, VLM on every row; and each row's target.
 
     On the validation split the tools answer with their holdout weights: a tool refit on train + validation has
@@ -53,11 +57,13 @@ def signals(data, bundle, config: ScoreConfig, split: str, task: str, users: int
     targets = data.table(split)
     target_of = dict(zip(targets.column("user_id").to_pylist(), targets.column("item_id").to_pylist()))
     start = time.perf_counter()
-    pipeline = LocalPipeline(bundle, dataclasses.replace(config, mode="vlm+tools-always"), decide=False,
+    # vlm-only plans every row for the VLM, and the tool stage scores every tool on rows not planned for the
+    # primary tool alone: all the signals, with no fitted aggregator needed (the planner is what is being fitted).
+    pipeline = LocalPipeline(Scoring(bundle, dataclasses.replace(config, mode="vlm-only")), decide=False,
                              holdout=split == "valid")
     table = pipeline(requests, source=f"{split}:{task}")
     table = table.filter(table.column("error").is_null())
-    log(f"{split} {task}: {table.num_rows} rows through tools + VLM in {time.perf_counter() - start:.0f}s")
+    logger.info(f"{split} {task}: {table.num_rows} rows through tools + VLM in {time.perf_counter() - start:.0f}s")
     target = np.array([target_of[u] for u in table.column("user_id").to_pylist()], dtype=object)
     return table, target
 
@@ -67,25 +73,19 @@ def ranks_by_answerer(table: pa.Table, target: np.ndarray, bundle, config: Score
     """0-based rank of each row's target when the row is answered by each of ANSWERERS (the job's ranking code);
     ``planner`` replaces the bundle's (while fitting it)."""
     from reasonrec.batch.planner_stage import PlannerStage
-    from reasonrec.evaluate import ranks_from_results
+    from reasonrec.evaluator import ranks_from_results
 
-    modes = {"tool": "planner", "vote": "tools-only", "vlm": "vlm-only", "aggregate": "vlm+tools-always"}
+    # The mode only matters for escalation, which none of these replays wants: every row is answered by one answerer.
+    modes = {"tool": "tools-only", "vote": "tools-only", "vlm": "vlm-only", "aggregate": "vlm+tools-always"}
     users = table.column("user_id").to_numpy(zero_copy_only=False)
+    scoring = Scoring(bundle, config)
     out = {}
     for answerer, mode in modes.items():
-        rows = table
-        if answerer == "tool":  # route low in planner mode: the primary tool answers
-            rows = table.set_column(table.schema.get_field_index("route"), "route",
-                                    pa.array(np.full(table.num_rows, "low"), pa.string()))
-        stage = PlannerStage(bundle, dataclasses.replace(config, mode=mode))
+        rows = table.set_column(table.schema.get_field_index("plan"), "plan",
+                                pa.array(np.full(table.num_rows, answerer), pa.string()))
+        stage = PlannerStage(scoring, mode=mode)
         stage.planner = planner or stage.planner
-        if answerer == "tool":  # whatever the fitted policy answers route low with, ask the primary tool
-            p = stage.planner
-            stage.planner = Planner(p.tools, p.primary, {t: dataclasses.replace(q, low="tool")
-                                                         for t, q in p.policies.items()},
-                                    dataclasses.replace(p.default, low="tool"))
-        answered = stage(rows)
-        out[answerer] = ranks_from_results(answered, users, target)
+        out[answerer] = ranks_from_results(stage(rows), users, target)
     return out
 
 
@@ -127,15 +127,15 @@ def choose(quality: np.ndarray, share: np.ndarray, tolerance: float) -> int:
     return int(candidates[np.lexsort((-quality[candidates], share[candidates]))[0]])
 
 
-def fit_task(table: pa.Table, target: np.ndarray, bundle, config: FitPlannerConfig, task: str,
-             log=print) -> tuple[Policy, dict]:
+def fit_task(table: pa.Table, target: np.ndarray, bundle, config: FitPlannerConfig,
+             task: str) -> tuple[Policy, dict]:
     from reasonrec.batch.columns import padded
 
     score = config.score
-    planner = make_planner(bundle, score)
-    n, tools = score.shortlist, planner.tools
+    scoring = Scoring(bundle, score)
+    n, tools = score.shortlist, scoring.tools
     rows = table.num_rows
-    vocab = planner_vocab(bundle)
+    vocab = scoring.vocab
     shortlist = padded(table.column("pool"), n, fill=-1, to=vocab.index)
     tool_scores = np.nan_to_num(padded(table.column("tool_scores"), len(tools) * n).reshape(rows, len(tools), n)
                                 .transpose(1, 0, 2), nan=-np.inf)
@@ -148,11 +148,11 @@ def fit_task(table: pa.Table, target: np.ndarray, bundle, config: FitPlannerConf
     x = Aggregator.features(tool_scores, vote, vlm, confidence, horizon)[inside]
     valid = np.isfinite(tool_scores[0][inside])
     aggregator = Aggregator.fit(tools, x[valid], positive[inside][valid], c=config.regularisation)
-    log(f"{task}: aggregator fitted on {int(inside.sum())} rows whose target is in the shortlist of {n} "
+    logger.info(f"{task}: aggregator fitted on {int(inside.sum())} rows whose target is in the shortlist of {n} "
         f"({inside.mean():.1%} of {rows}); weights " + ", ".join(
             f"{name} {w:+.2f}" for name, w in zip(Aggregator.feature_names(tools), aggregator.coef)))
 
-    fitted = Planner(tools, score.primary, {task: Policy(aggregator=aggregator.to_dict())})
+    fitted = Planner(tools, scoring.primary, {task: Policy(aggregator=aggregator.to_dict())})
     ranks = ranks_by_answerer(table, target, bundle, score, planner=fitted)
     hits = {a: (r < CUTOFF).astype(np.float64) for a, r in ranks.items()}
     plans = plan_grid(horizon, confidence, config.grid)
@@ -165,7 +165,7 @@ def fit_task(table: pa.Table, target: np.ndarray, bundle, config: FitPlannerConf
         "plan": {**plan(plans, best), "HR@5": float(quality[best]), "vlm_share": float(share[best])},
         "best_HR@5": float(quality.max()), "plans_tried": int(len(quality)),
     }
-    log(f"{task}: validation HR@5 primary tool {hits['tool'].mean():.4f}, vote {hits['vote'].mean():.4f}, "
+    logger.info(f"{task}: validation HR@5 primary tool {hits['tool'].mean():.4f}, vote {hits['vote'].mean():.4f}, "
         f"VLM alone {hits['vlm'].mean():.4f}, aggregator {hits['aggregate'].mean():.4f}; chosen plan tau_low "
         f"{policy.tau_low:.3f} (answered by {policy.low}), tau_high {policy.tau_high:.3f}, kappa {policy.kappa:.3f}: "
         f"HR@5 {quality[best]:.4f} "
@@ -173,25 +173,21 @@ def fit_task(table: pa.Table, target: np.ndarray, bundle, config: FitPlannerConf
     return policy, summary
 
 
-def planner_vocab(bundle):
-    from reasonrec.data.vocab import Vocab
-
-    return Vocab(bundle.item_ids(), offset=1)
-
-
-def fit_planner(data_uri: str, bundle_uri: str, config: FitPlannerConfig, log=print) -> dict:
+def fit_planner(data_uri: str, bundle_uri: str, config: FitPlannerConfig | None = None) -> dict:
+    """Fit the planner on the validation split and commit it into the bundle; returns the bundle's manifest."""
     from reasonrec import storage
-    from reasonrec.batch.config import check_bundle
     from reasonrec.bundle import Bundle, BundleWriter
     from reasonrec.data.prepared import PreparedData
 
+    config = config or FitPlannerConfig()
     data = PreparedData(storage.absolute(data_uri))
     bundle = Bundle(bundle_uri)
     bundle.manifest.pop("planner", None)  # a refit starts afresh (in memory; the commit replaces it)
-    check_bundle(bundle, dataclasses.replace(config.score, mode="vlm-only"))
+    scoring = Scoring(bundle, dataclasses.replace(config.score, mode="vlm-only"))
+    scoring.check()
     if list(bundle.item_ids()) != list(data.item_vocab.ids):
         raise ValueError(f"bundle {bundle_uri} was trained on another item catalogue than {data_uri}")
-    tools = make_planner(bundle, config.score).tools
+    tools = scoring.tools
     unheld = [t for t in tools if bundle.tool_was_refit(t) and not bundle.has_holdout(t)]
     if unheld:
         raise ValueError(f"bundle {bundle_uri}: tool(s) {unheld} were refit on train + validation and the bundle "
@@ -199,15 +195,15 @@ def fit_planner(data_uri: str, bundle_uri: str, config: FitPlannerConfig, log=pr
                          "retrain them with `reasonrec train-tools` (this version keeps tools/<name>/holdout/)")
     policies, validation = {}, {}
     for task in config.tasks:
-        table, target = signals(data, bundle, config.score, "valid", task, config.users, config.seed, log)
-        policies[task], validation[task] = fit_task(table, target, bundle, config, task, log)
+        table, target = signals(data, bundle, config.score, "valid", task, config.users, config.seed)
+        policies[task], validation[task] = fit_task(table, target, bundle, config, task)
     with BundleWriter(bundle_uri) as writer:
         writer.update(planner={
             "tools": tools, "policies": {t: dataclasses.asdict(p) for t, p in policies.items()},
             "fitted_on": "valid", "tolerance": config.tolerance, "shortlist": config.score.shortlist,
-            "validation": validation, "primary": dict(config.score.primary)})
+            "validation": validation, "primary": scoring.primary})
         manifest = writer.commit()
-    log(f"bundle {manifest['version']} committed to {bundle_uri} with the fitted planner")
+    logger.info(f"bundle {manifest['version']} committed to {bundle_uri} with the fitted planner")
     return manifest
 
 

@@ -3,16 +3,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import tempfile
 import time
 
-from reasonrec import storage
+from reasonrec import logs, storage
 from reasonrec.bundle import BundleWriter
 from reasonrec.data.prepared import PreparedData
 from reasonrec.horizon import EvidenceHorizon, HorizonConfig
 from reasonrec.tools import make_config, tool_class
 
 DEFAULT_TOOLS = ("sasrec", "gru4rec", "bprmf", "lightgcn")
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -35,9 +37,6 @@ class TrainToolsConfig:
 
 def train_loop_per_worker(cfg: dict) -> None:
     """Body of each Ray Train worker: the plain training loop, reporting per epoch, rank 0 checkpointing."""
-    import logging
-    import sys
-
     import ray.train
     import ray.train.torch
     import torch
@@ -45,6 +44,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     from reasonrec.train.loop import fit
 
     torch.set_num_threads(cfg["threads"])
+    logs.worker(cfg["log_level"])
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one line per report is noise here
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -55,8 +55,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         # A refit tool keeps its train-only weights in holdout/: fit-planner reads the validation split with them.
         best = fit(tool, data.train, data.eval_set("valid"), refit_on=data.train_and_valid, module=module,
-                   shard=(rank, world), log=lambda line: print(line, file=sys.stderr, flush=True),
-                   holdout=lambda t: t.save(f"{tmp}/holdout") if rank == 0 else None)
+                   shard=(rank, world), holdout=lambda t: t.save(f"{tmp}/holdout") if rank == 0 else None)
         # One report at the end: each report is a round trip to the controller (~2 s measured here).
         checkpoint = None
         if rank == 0:
@@ -67,21 +66,24 @@ def train_loop_per_worker(cfg: dict) -> None:
         ray.train.report({**best, "final": True}, checkpoint=checkpoint)
 
 
-def train_tools(data_uri: str, bundle_uri: str, config: TrainToolsConfig, log=print) -> dict:
+def train_tools(data_uri: str, bundle_uri: str, config: TrainToolsConfig | None = None) -> dict:
+    """Train ``config.tools`` with Ray Train (one run per tool; Ray must be initialised, or a local Ray starts) and
+    commit them, the evidence horizon and each task's primary tool into the bundle; returns its manifest."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    config = config or TrainToolsConfig()
     data_uri = storage.absolute(data_uri)
     data = PreparedData(data_uri)
     storage_path = storage.absolute(config.storage_path or tempfile.mkdtemp(prefix="reasonrec-train-"))
     with BundleWriter(bundle_uri) as writer:
         for name in config.tools:
             start = time.perf_counter()
-            log(f"training {name} with Ray Train ({config.workers} worker(s) x {config.cpus_per_worker} CPU)")
+            logger.info(f"training {name} with Ray Train ({config.workers} worker(s) x {config.cpus_per_worker} CPU)")
             trainer = TorchTrainer(
                 train_loop_per_worker,
                 train_loop_config={"data_uri": data_uri, "tool": name, "threads": config.threads,
-                                   "overrides": config.overrides.get(name, {})},
+                                   "overrides": config.overrides.get(name, {}), "log_level": logs.level()},
                 scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=False,
                                              resources_per_worker={"CPU": config.cpus_per_worker}),
                 run_config=RunConfig(name=f"{name}-{int(time.time())}", storage_path=storage_path),
@@ -90,8 +92,9 @@ def train_tools(data_uri: str, bundle_uri: str, config: TrainToolsConfig, log=pr
             with result.checkpoint.as_directory() as folder:
                 best = json.loads(open(f"{folder}/best.json").read())
                 writer.add_tool(name, folder, {**best, "train_seconds": round(time.perf_counter() - start, 1)})
-            log(f"{name}: best epoch {best.get('epoch')} valid NDCG@10 {best.get('NDCG@10', float('nan')):.4f}")
+            logger.info(f"{name}: best epoch {best.get('epoch')} valid NDCG@10 {best.get('NDCG@10', float('nan')):.4f}")
         add_data_files(writer, data, config.horizon)
+        writer.update(**primary_on_validation(writer, data))
         return writer.commit()
 
 
@@ -102,3 +105,27 @@ def add_data_files(writer: BundleWriter, data: PreparedData, horizon_config: Hor
     writer.add_file("vocab/items.json", json.dumps(data.item_vocab.ids.tolist()).encode())
     writer.update(data={"uri": data.uri, **{k: data.meta[k] for k in ("dataset", "fingerprint", "items")}},
                   horizon=dataclasses.asdict(horizon_config))
+
+
+def primary_on_validation(writer: BundleWriter, data: PreparedData) -> dict:
+    """Each ranking task's primary tool (the one that answers route low): the bundle's best tool on the validation
+    split by NDCG@10, every tool and the popularity floor scored with the weights that never saw validation (a
+    refit tool's holdout copy). CTR ranks its candidates as direct does, so it gets direct's tool."""
+    from reasonrec.evaluator import evaluate, tool_scorer
+    from reasonrec.tools.base import Tool
+
+    from reasonrec.bundle import MANIFEST, Bundle
+
+    tools = {name: Tool.load(writer.staged_tool(name, holdout=True)) for name in writer.staged_tools()}
+    if storage.exists(storage.join(writer.uri, MANIFEST)):  # tools of the bundle that were not retrained
+        previous = Bundle(writer.uri)
+        tools.update({n: previous.load_tool(n, holdout=True) for n in previous.tool_names if n not in tools})
+    if not tools:
+        return {}
+    names, valid = sorted(tools), data.eval_set("valid")
+    figures = {task: {name: evaluate(tool_scorer(tools[name]), valid, task) for name in names}
+               for task in ("sequential", "direct")}
+    best = {task: max(names, key=lambda n: figures[task][n]["NDCG@10"]) for task in figures}  # ties: sorted first
+    logger.info("primary tools (best validation NDCG@10): " + ", ".join(
+        f"{task} {tool} {figures[task][tool]['NDCG@10']:.4f}" for task, tool in best.items()))
+    return {"primary": {**best, "ctr": best["direct"]}, "validation": figures}

@@ -22,18 +22,13 @@ class Verdict:
     trace: str
 
 
-def as_prompt(row: dict) -> Prompt:
-    return Prompt(row["prompt"], tuple(row.get("images") or ()), tuple(row.get("labels") or ()),
-                  row.get("template_id", ""))
-
-
 def verdicts(logprobs: list[np.ndarray], rows: list[dict]) -> list[Verdict]:
     out = []
     for lp, row in zip(logprobs, rows):
         probs = np.exp(lp - lp.max())
         probs /= probs.sum()
         best = int(np.argmax(probs))
-        answer = choices(as_prompt(row))[best]
+        answer = choices(Prompt.from_row(row))[best]
         trace = f"{row.get('context', '')}\nanswer: {answer}; confidence: {probs[best]:.2f}".lstrip("\n")
         out.append(Verdict(probs.astype(np.float32), answer, float(probs[best]), trace))
     return out
@@ -41,7 +36,7 @@ def verdicts(logprobs: list[np.ndarray], rows: list[dict]) -> list[Verdict]:
 
 def deliberate(backend, rows: list[dict]) -> list[Verdict]:
     """Score rows with any backend that implements ``label_logprobs``."""
-    return verdicts(backend.label_logprobs([as_prompt(r) for r in rows]), rows)
+    return verdicts(backend.label_logprobs([Prompt.from_row(r) for r in rows]), rows)
 
 
 def hit_rate_at_1(found: list[Verdict], rows: list[dict]) -> float:
@@ -96,3 +91,24 @@ def make_backend(folder, config: DeliberatorConfig):
     torch.set_num_threads(config.threads)
     return TransformersDeliberator(*load(folder), batch_size=config.batch_size,
                                    device="cuda" if torch.cuda.is_available() else "cpu")
+
+
+class BundleDeliberator:
+    """The bundle's VLM behind a backend, loaded on first use (a run that asks the VLM nothing never loads it); its
+    local copy of ``vlm/`` lives as long as this object."""
+
+    def __init__(self, bundle, config: DeliberatorConfig):
+        self.bundle, self.config = bundle, config
+        self._backend = None
+
+    @property
+    def backend(self):
+        if self._backend is None:
+            import tempfile
+
+            self._folder = tempfile.TemporaryDirectory(prefix="reasonrec-vlm-")
+            self._backend = make_backend(self.bundle.vlm_folder(self._folder.name), self.config)
+        return self._backend
+
+    def __call__(self, rows: list[dict]) -> list[Verdict]:
+        return deliberate(self.backend, rows)

@@ -1,11 +1,11 @@
 """R-VIT examples (paper §3.2, Appendix A): prompts with their deliberation context and the answer to learn.
 
-The history is what the user bought before the target item (train: up to ``per_user`` examples per user, each of
-the last training items after its prefix; valid/test: one per user, the evaluation protocol's history), the positive is the target. Candidates are the
-positive and random items the user has not bought, listed under single-token labels in random order.
-Tool outputs are computed by the bundle's tools on the same history; whether a tool named the positive is the
-tool-usability label (``usable``: the tools whose clean output was right). A configurable share of tool outputs is replaced by a random other answer than the tool's,
-so that the model learns when to override a tool.
+The history is what the user bought before the target item (train: up to ``per_user`` examples per user, each of the
+last training items after its prefix; valid/test: one per user, the evaluation protocol's history), the positive is
+the target. Candidates are the positive and random items the user has not bought, listed under single-token labels
+in random order. Tool outputs are computed by the bundle's tools on the same history; whether a tool named the
+positive is the tool-usability label (``usable``: the tools whose clean output was right). A configurable share of
+tool outputs is replaced by a random other answer than the tool's, so that the model learns when to override a tool.
 
 The decision follows the evidence horizon: low -> delegate to the primary tool, medium -> answer, high -> consult
 all tools. ``decision="answer"`` builds VLM-alone prompts (no tool outputs) for evaluation and ablations.
@@ -19,8 +19,9 @@ import pyarrow as pa
 
 from reasonrec.data.prepared import PreparedData, Sequences
 from reasonrec.horizon import EvidenceHorizon
+from reasonrec.prompts.catalogue import Catalogue
 from reasonrec.prompts.cot import Deliberation, format_context
-from reasonrec.prompts.templates import LABELS, Item, render, templates_for, warmup_template
+from reasonrec.prompts.templates import LABELS, render, templates_for, warmup_template
 
 TASKS = ("sequential", "direct", "ctr", "explain")
 DECISIONS = ("delegate", "answer", "consult")
@@ -132,43 +133,6 @@ def tool_rankings(tools: dict, history: Sequences, candidates: np.ndarray, chunk
             ranks.append(torch.argsort(picked, dim=1, descending=True, stable=True).numpy())
         out[name] = np.concatenate(ranks) if ranks else np.zeros((0, candidates.shape[1]), dtype=np.int64)
     return out
-
-
-class Catalogue:
-    """Item index -> prompt Item (title, image); categories for profiles and explanations."""
-
-    def __init__(self, items: pa.Table, vocab, images: bool = True):
-        """``items``: the catalogue table (item_id, title, categories, image_uri); ``vocab``: items, offset 1."""
-        ids = items.column("item_id").to_pylist()
-        index = vocab.index(items.column("item_id"))
-        titles = items.column("title").to_pylist()
-        uris = items.column("image_uri").to_pylist() if images else [None] * len(ids)
-        categories = items.column("categories").to_pylist()
-        size = len(vocab) + 1
-        self.ids = np.empty(size, dtype=object)
-        self.items = np.empty(size, dtype=object)
-        self.category = np.empty(size, dtype=object)
-        for row, i in enumerate(index):
-            if i < 0:
-                continue  # an item the model was not trained on
-            self.ids[i] = ids[row]
-            self.items[i] = Item(titles[row] or f"item {ids[row]}", uris[row] or None)
-            self.category[i] = (categories[row] or [None])[0]
-
-    def profile(self, history: np.ndarray) -> str:
-        cats = [c for c in self.category[history] if c]
-        text = f"{len(history)} purchase{'s' if len(history) != 1 else ''}"
-        if cats:
-            names, counts = np.unique(cats, return_counts=True)
-            text += ", mostly " + " and ".join(names[np.argsort(-counts, kind="stable")[:2]])
-        return text
-
-    def explanation(self, history: np.ndarray, item: int) -> str:
-        category = self.category[item]
-        same = sum(c == category for c in self.category[history]) if category else 0
-        if same:
-            return f"{same} of the {len(history)} past purchases are {category}, and {self.items[item].title} is one too"
-        return f"{self.items[item].title} is a new direction after {len(history)} purchases"
 
 
 def build_examples(data: PreparedData, split: str, horizon: EvidenceHorizon, tools: dict, config: ExamplesConfig,

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from reasonrec import storage
+from reasonrec import logs, storage
 from reasonrec.train.curriculum import CurriculumConfig, HorizonCurriculum
 from reasonrec.vlm.backends import ANSWER_CUE, ImageCache
 from reasonrec.vlm.build import TinyVLMConfig
 from reasonrec.vlm.examples import ExamplesConfig
+
+logger = logging.getLogger(__name__)
 
 LORA_TARGETS = r".*text_model.*\.(q_proj|k_proj|v_proj|o_proj)"
 
@@ -102,8 +105,9 @@ def add_lora(model, rank: int, alpha: int):
 
 
 def train(model, processor, examples: list[dict], config: FinetuneConfig, *, device="cpu", seed: int = 0,
-          log=print) -> dict:
-    """Plain loop: ``config.steps`` curriculum batches; returns the loss curve summary."""
+          tag: str = "") -> dict:
+    """Plain loop: ``config.steps`` curriculum batches; returns the loss curve summary. ``tag`` prefixes its
+    progress lines (e.g. the Ray Train rank)."""
     import torch
 
     torch.manual_seed(seed)
@@ -126,7 +130,7 @@ def train(model, processor, examples: list[dict], config: FinetuneConfig, *, dev
         schedule.step()
         losses.append(loss.item())
         if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-            log(f"step {step + 1}/{config.steps} loss {np.mean(losses[-config.log_every:]):.4f} "
+            logger.info(f"{tag}step {step + 1}/{config.steps} loss {np.mean(losses[-config.log_every:]):.4f} "
                 f"({time.perf_counter() - start:.0f}s)")
     model.eval()
     window = max(1, min(config.log_every, len(losses) // 4))
@@ -149,8 +153,6 @@ def unpack_folder(files: dict[str, bytes], folder: str | Path) -> Path:
 
 def train_loop_per_worker(cfg: dict) -> None:
     """Ray Train worker: unpack the base model, train (DDP across workers), rank 0 exports the merged HF folder."""
-    import sys
-
     import ray
     import ray.train
     import ray.train.torch
@@ -161,6 +163,7 @@ def train_loop_per_worker(cfg: dict) -> None:
 
     config = from_dict(FinetuneConfig, cfg["config"])
     torch.set_num_threads(config.threads)
+    logs.worker(cfg["log_level"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -169,14 +172,14 @@ def train_loop_per_worker(cfg: dict) -> None:
         if cfg["lora_rank"]:
             model = add_lora(model, cfg["lora_rank"], config.lora_alpha)
         module = ray.train.torch.prepare_model(model) if world > 1 else model
-        log = lambda line: print(f"[rank {rank}] {line}", file=sys.stderr, flush=True)  # noqa: E731
+        tag = f"[rank {rank}] "
         if config.warmup_steps:
-            log(f"warm-up: {config.warmup_steps} steps on short prompts")
+            logger.info(f"{tag}warm-up: {config.warmup_steps} steps on short prompts")
             warmup = train(module, processor, ray.get(cfg["warmup"]).to_pylist(),
                            dataclasses.replace(config, steps=config.warmup_steps), device=device,
-                           seed=config.seed + rank, log=log)
+                           seed=config.seed + rank, tag=tag)
         summary = train(module, processor, ray.get(cfg["examples"]).to_pylist(), config, device=device,
-                        seed=config.seed + rank, log=log)
+                        seed=config.seed + rank, tag=tag)
         if config.warmup_steps:
             summary["warmup"] = warmup
         checkpoint = None
@@ -203,9 +206,10 @@ def base_folder(base: str | None, data, config: FinetuneConfig, into: Path) -> P
     return into
 
 
-def finetune_vlm(data_uri: str, bundle_uri: str, config: FinetuneConfig, base: str | None = None,
-                 log=print) -> dict:
-    """Build R-VIT examples from the bundle's tools, fine-tune with Ray Train, evaluate, commit ``vlm/``."""
+def finetune_vlm(data_uri: str, bundle_uri: str, config: FinetuneConfig | None = None,
+                 base: str | None = None) -> dict:
+    """Build R-VIT examples from the bundle's tools, fine-tune with Ray Train, evaluate, commit ``vlm/``; returns the
+    bundle's manifest."""
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -215,6 +219,7 @@ def finetune_vlm(data_uri: str, bundle_uri: str, config: FinetuneConfig, base: s
     from reasonrec.horizon import EvidenceHorizon
     from reasonrec.vlm.examples import build_examples
 
+    config = config or FinetuneConfig()
     data = PreparedData(storage.absolute(data_uri))
     bundle = Bundle(bundle_uri)
     horizon = EvidenceHorizon.from_json(bundle.read("horizon.json"))
@@ -223,7 +228,7 @@ def finetune_vlm(data_uri: str, bundle_uri: str, config: FinetuneConfig, base: s
     # No tools: the warm-up form has no deliberation lines, so scoring them again would be wasted.
     warmup = build_examples(data, "train", horizon, {}, config.examples, warmup=True) if config.warmup_steps else None
     lora_rank = config.lora_rank if config.lora_rank is not None else (16 if base else 0)
-    log(f"R-VIT: {examples.num_rows} training examples from {len(set(examples['user_id'].to_pylist()))} users, "
+    logger.info(f"R-VIT: {examples.num_rows} training examples from {len(set(examples['user_id'].to_pylist()))} users, "
         f"tools {list(tools)}; {config.steps} steps x {config.batch_size} on {config.workers} worker(s), "
         + (f"LoRA rank {lora_rank}" if lora_rank else "full fine-tune")
         + (f", after {config.warmup_steps} warm-up steps on short prompts" if config.warmup_steps else ""))
@@ -234,7 +239,7 @@ def finetune_vlm(data_uri: str, bundle_uri: str, config: FinetuneConfig, base: s
             train_loop_per_worker,
             train_loop_config={"config": dataclasses.asdict(config), "lora_rank": lora_rank,
                                "base": ray.put(pack_folder(base_path)), "examples": ray.put(examples),
-                               "warmup": ray.put(warmup)},
+                               "warmup": ray.put(warmup), "log_level": logs.level()},
             scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu,
                                          resources_per_worker={"CPU": config.cpus_per_worker}),
             run_config=RunConfig(name=f"vlm-{int(time.time())}",
@@ -244,10 +249,12 @@ def finetune_vlm(data_uri: str, bundle_uri: str, config: FinetuneConfig, base: s
         with result.checkpoint.as_directory() as folder:
             summary = json.loads(Path(folder, "training.json").read_text())
             if "warmup" in summary:
-                log(f"warm-up loss {summary['warmup']['loss_first']:.4f} -> {summary['warmup']['loss_last']:.4f} "
+                warmup = summary["warmup"]
+                logger.info(f"warm-up loss {warmup['loss_first']:.4f} -> {warmup['loss_last']:.4f} "
                     f"in {summary['warmup']['seconds']}s")
-            log(f"training loss {summary['loss_first']:.4f} -> {summary['loss_last']:.4f} in {summary['seconds']}s")
-            metrics = evaluate_vlm(data, horizon, folder, base_path, config, log) if config.eval_users else {}
+            logger.info(f"training loss {summary['loss_first']:.4f} -> {summary['loss_last']:.4f} in "
+                        f"{summary['seconds']}s")
+            metrics = evaluate_vlm(data, horizon, folder, base_path, config) if config.eval_users else {}
             with BundleWriter(bundle_uri) as writer:
                 # The prompt builder's catalogue (titles, categories, images) travels with the model it was tuned for.
                 writer.add_file("catalogue.parquet", storage.parquet_bytes(data.table("items")))
@@ -256,11 +263,11 @@ def finetune_vlm(data_uri: str, bundle_uri: str, config: FinetuneConfig, base: s
                                         "config": dataclasses.asdict(config),
                                         "train_seconds": round(time.perf_counter() - start, 1)})
                 manifest = writer.commit()
-    log(f"bundle {manifest['version']} committed to {bundle_uri} with vlm/")
+    logger.info(f"bundle {manifest['version']} committed to {bundle_uri} with vlm/")
     return manifest
 
 
-def evaluate_vlm(data, horizon, tuned: str | Path, untuned: str | Path, config: FinetuneConfig, log=print) -> dict:
+def evaluate_vlm(data, horizon, tuned: str | Path, untuned: str | Path, config: FinetuneConfig) -> dict:
     """HR@1 over held-out test users (one positive among ``examples.candidates``), VLM alone (no tool outputs),
     tuned vs untuned vs tuned with blank images. ``eval_task`` direct ranks by P(yes) per candidate, sequential by
     the label distribution of one prompt."""
@@ -285,6 +292,6 @@ def evaluate_vlm(data, horizon, tuned: str | Path, untuned: str | Path, config: 
         start = time.perf_counter()
         backend = TransformersDeliberator(*models[model], images=ImageCache(blank=blank))
         metrics[f"HR@1_{name}"] = hit_rate_at_1(deliberate(backend, rows), rows)
-        log(f"HR@1 {name}: {metrics[f'HR@1_{name}']:.4f} ({metrics['users']} test users, {len(rows)} prompts, "
+        logger.info(f"HR@1 {name}: {metrics[f'HR@1_{name}']:.4f} ({metrics['users']} test users, {len(rows)} prompts, "
             f"{time.perf_counter() - start:.0f}s)")
     return metrics

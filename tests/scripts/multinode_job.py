@@ -3,8 +3,6 @@ GPU) and print, as JSON, where each kind of actor ran. A separate process: the t
 
     python tests/scripts/multinode_job.py BUNDLE_URI REQUESTS_URI OUTPUT_URI
 """
-import argparse
-import dataclasses
 import json
 import sys
 from collections import defaultdict
@@ -15,7 +13,7 @@ def main() -> None:
     from ray.cluster_utils import Cluster
     from ray.util.state import list_actors
 
-    from jobs.nightly_score import run
+    from jobs.nightly_score import NightlyJob, run
     from reasonrec.batch.config import ScoreConfig
     from reasonrec.vlm.deliberator import DeliberatorConfig
 
@@ -28,8 +26,7 @@ def main() -> None:
     try:
         config = ScoreConfig(batch_size=64, shortlist=8, mode="planner", cpu_actor_resources={"cpu_worker": 1},
                              deliberator=DeliberatorConfig(backend="transformers", batch_size=16))
-        manifest = run(argparse.Namespace(requests=requests, bundle=bundle, output=output, run_date="2026-11-28",
-                                          force=True), dataclasses.replace(config), log=lambda *_: None)
+        manifest = run(NightlyJob(requests, bundle, output, "2026-11-28", force=True, score=config))
         placed = defaultdict(set)
         for actor in list_actors(detail=True, limit=10_000):
             for kind in ("HorizonActor", "ToolActor", "VLMActor", "PlannerActor"):

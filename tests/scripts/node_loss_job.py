@@ -4,7 +4,6 @@ JSON, what was removed and how many nodes were left. A separate process: the tes
 
     python tests/scripts/node_loss_job.py BUNDLE_URI REQUESTS_URI OUTPUT_URI RUN_DATE
 """
-import argparse
 import json
 import sys
 import threading
@@ -16,7 +15,7 @@ def main() -> None:
     from ray.cluster_utils import Cluster
     from ray.util.state import list_actors
 
-    from jobs.nightly_score import run
+    from jobs.nightly_score import NightlyJob, run
     from reasonrec import storage
     from reasonrec.batch.config import ScoreConfig
 
@@ -42,8 +41,7 @@ def main() -> None:
     try:
         config = ScoreConfig(mode="tools-only", batch_size=16, horizon_batch_size=16,
                              cpu_actor_resources={"cpu_worker": 1})
-        manifest = run(argparse.Namespace(requests=requests, bundle=bundle, output=output, run_date=run_date,
-                                          force=True), config, log=lambda *_: None)
+        manifest = run(NightlyJob(requests, bundle, output, run_date, force=True, score=config))
         killer.join(timeout=5)
         alive = sum(n["Alive"] for n in ray.nodes())
         print(json.dumps({"removed": removed, "alive_nodes_after": alive, "rows_out": manifest["rows_out"]}))

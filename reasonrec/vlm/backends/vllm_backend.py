@@ -89,7 +89,7 @@ def build_ray_data_processor(folder: str | Path, config: VLLMConfig | None = Non
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
     from transformers import AutoTokenizer
 
-    from reasonrec.vlm.deliberator import as_prompt
+    from reasonrec.prompts.templates import Prompt
 
     config = config or VLLMConfig()
     folder = str(folder)
@@ -103,7 +103,7 @@ def build_ray_data_processor(folder: str | Path, config: VLLMConfig | None = Non
     images = ImageCache()
 
     def preprocess(row: dict) -> dict:
-        inputs, sampling = request(as_prompt(row), tokenizer, images)
+        inputs, sampling = request(Prompt.from_row(row), tokenizer, images)
         # The engine stage consumes sampling_params: the label ids travel in their own column.
         out = {**row, "prompt": inputs["prompt"], "sampling_params": sampling,
                "label_ids": sampling["logprob_token_ids"]}

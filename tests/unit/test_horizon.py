@@ -12,7 +12,8 @@ def fitted(weight=0.0):
 
 def csr(histories):
     lengths = np.array([len(h) for h in histories])
-    return lengths, np.concatenate([[0], np.cumsum(lengths)]), np.array([i for h in histories for i in h], dtype=np.int64)
+    items = np.array([i for h in histories for i in h], dtype=np.int64)
+    return lengths, np.concatenate([[0], np.cumsum(lengths)]), items
 
 
 def test_more_history_means_lower_horizon_and_unseen_is_one():

@@ -1,5 +1,4 @@
 """The Ray Serve app over HTTP on 127.0.0.1: answers, parity with the nightly job, bounded and validated input."""
-import argparse
 import asyncio
 import dataclasses
 
@@ -44,12 +43,12 @@ def parity_requests(synthetic_data):
 
 @pytest.fixture(scope="module")
 def batch_rows(ray_session, parity_requests, routed_bundle_uri):
-    from jobs.nightly_score import run
+    from jobs.nightly_score import NightlyJob, run
 
     uri = "s3://reasonrec-test/serve/parity"
     write_requests(parity_requests, f"{uri}/requests", shard_rows=50)
-    run(argparse.Namespace(requests=f"{uri}/requests", bundle=routed_bundle_uri, output=f"{uri}/results",
-                           run_date="2026-11-27", force=True), dataclasses.replace(PLANNER_SCORE), log=lambda *_: None)
+    run(NightlyJob(f"{uri}/requests", routed_bundle_uri, f"{uri}/results", "2026-11-27", force=True,
+                   score=dataclasses.replace(PLANNER_SCORE)))
     batch = commit.read_committed(f"{uri}/results", "2026-11-27")
     return {(r["user_id"], r["task"]): r for r in batch.to_pylist()}
 
@@ -81,6 +80,25 @@ def test_served_answers_equal_the_nightly_job_across_routes(served, parity_reque
         assert (got["route"], got["path"], got["tools"]) == (want["route"], want["path"], want["tools"])
         routes.add(got["route"])
     assert routes == {"low", "medium", "high"}
+
+
+def test_the_in_process_recommender_answers_as_the_app_does(served, routed_bundle_uri, parity_requests, batch_rows):
+    """``reasonrec.Recommender`` (the Python API's serve verb) is the app in one process: same bodies."""
+    from reasonrec import Recommender
+
+    recommender = Recommender(routed_bundle_uri, PLANNER_SCORE)
+    by_route = {}
+    for request in parity_requests.to_pylist():  # one request of each route the job saw
+        by_route.setdefault(batch_rows[(request["user_id"], request["task"])]["route"], request)
+    assert set(by_route) == {"low", "medium", "high"}
+    for route, request in by_route.items():
+        body = {key: value for key, value in request.items() if value is not None}
+        over_http = requests.post(f"{served}/v1/recommend", json=body, timeout=120).json()
+        here = recommender.recommend(body)
+        assert [x["item_id"] for x in here["items"]] == [x["item_id"] for x in over_http["items"]]
+        assert (here["route"], here["path"], here["tools"]) == (route, over_http["path"], over_http["tools"])
+    with pytest.raises(ValueError, match="candidates"):
+        recommender.recommend({"user_id": "u1", "task": "direct", "candidates": ["no-such-item"]})
 
 
 def test_history_comes_from_the_bundle_data_when_omitted(served, parity_requests):
@@ -163,10 +181,10 @@ def test_openapi_fuzz_finds_no_5xx(served):
 def test_a_mixed_batch_answers_each_request_in_its_own_slot(routed_bundle_uri, parity_requests):
     """The stages group rows (rejected first, then by task); a batch of the tool replica must still hand each caller
     its own answer, the same as when it comes alone."""
-    from reasonrec.bundle import Bundle
+    from reasonrec.batch.context import Scoring
     from reasonrec.serve.recommender import ToolAnswerer
 
-    answer = ToolAnswerer(Bundle(routed_bundle_uri), PLANNER_SCORE)
+    answer = ToolAnswerer(Scoring.load(routed_bundle_uri, PLANNER_SCORE))
     rows = parity_requests.to_pylist()
     bad = dict(rows[1], task="direct", candidates=["no-such-item"])
     batch = [rows[-1], bad, rows[0], rows[PARITY_USERS // 2 - 1], rows[2]]  # direct, rejected, sequential, cold

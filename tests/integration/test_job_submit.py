@@ -14,7 +14,7 @@ from conftest import free_port
 from reasonrec.batch import commit
 from reasonrec.batch.requests import requests_for_split, write_requests
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
 
 

@@ -33,10 +33,21 @@ def signals(rows: int):
 
 
 def decide(p: Planner, mode: str, routes: list[str], confidence: list[float]):
+    """The horizon stage's plan for the routes, then the planner stage's decision."""
     rows = len(routes)
     tool_scores, vote, vlm = signals(rows)
-    return p.decide(mode, np.array(["sequential"] * rows, dtype=object), np.array(routes, dtype=object),
-                    np.full(rows, 0.5), tool_scores, vote, vlm, np.array(confidence), np.full(rows, 0.6, np.float32))
+    task = np.array(["sequential"] * rows, dtype=object)
+    plan = p.paths_before_vlm(mode, task, np.array(routes, dtype=object))
+    return p.decide(mode, task, plan, np.full(rows, 0.5), tool_scores, vote, vlm, np.array(confidence),
+                    np.full(rows, 0.6, np.float32))
+
+
+def asks_vlm(p: Planner, mode: str, routes: list[str]) -> list[bool]:
+    from reasonrec.batch.stream import ASKS_VLM
+
+    task = np.array(["sequential"] * len(routes), dtype=object)
+    plan = p.paths_before_vlm(mode, task, np.array(routes, dtype=object))
+    return np.isin(plan, ASKS_VLM).tolist()
 
 
 def test_routes_follow_the_policy_thresholds():
@@ -72,20 +83,20 @@ def test_modes_answer_every_row_the_same_way():
     assert decide(p, "vlm-only", routes, [0.1] * 3).path.tolist() == ["vlm"] * 3  # no escalation outside planner
     always = decide(p, "vlm+tools-always", routes, [0.9] * 3)
     assert always.path.tolist() == ["aggregate"] * 3 and always.consulted.all()
-    assert p.needs_vlm("planner", np.array(routes, dtype=object)).tolist() == [False, True, True]
+    assert asks_vlm(p, "planner", routes) == [False, True, True]
     vote_low = Planner(TOOLS, {"sequential": "a"}, {"sequential": Policy(0.3, 0.7, 0.5, aggregator({}), low="vote")})
     low = decide(vote_low, "planner", ["low"], [0.9])
     assert low.path.tolist() == ["vote"] and low.consulted.all() and not low.vlm_called.any()
-    assert not p.needs_vlm("tools-only", np.array(routes, dtype=object)).any()
+    assert not any(asks_vlm(p, "tools-only", routes)) and all(asks_vlm(p, "vlm-only", routes))
     with pytest.raises(ValueError, match="mode 'both'"):
-        p.needs_vlm("both", np.array(routes, dtype=object))
+        asks_vlm(p, "both", routes)
 
 
 def test_padding_never_wins():
     p = planner({"vlm_p": 5.0})
     tool_scores, vote, vlm = signals(1)
     tool_scores[:, :, 3], vote[:, 3] = -np.inf, -np.inf  # only 3 candidates: slot 3 is padding
-    d = p.decide("planner", np.array(["sequential"], dtype=object), np.array(["high"], dtype=object),
+    d = p.decide("planner", np.array(["sequential"], dtype=object), np.array(["aggregate"], dtype=object),
                  np.array([0.9]), tool_scores, vote, vlm, np.array([0.9]), np.array([0.5], np.float32))
     assert d.scores[0, 3] == -np.inf and np.argmax(d.scores[0]) != 3
 

@@ -5,7 +5,8 @@ import pytest
 
 from reasonrec.bundle import Bundle
 from reasonrec.horizon import EvidenceHorizon
-from reasonrec.vlm.deliberator import DeliberatorConfig, as_prompt, deliberate
+from reasonrec.prompts.templates import Prompt
+from reasonrec.vlm.deliberator import DeliberatorConfig, deliberate
 from reasonrec.vlm.examples import ExamplesConfig, build_examples
 
 
@@ -29,7 +30,7 @@ def reference(folder, rows):
     from reasonrec.vlm.backends.transformers_backend import TransformersDeliberator
     from reasonrec.vlm.build import load
 
-    return TransformersDeliberator(*load(folder), batch_size=4).label_logprobs([as_prompt(r) for r in rows])
+    return TransformersDeliberator(*load(folder), batch_size=4).label_logprobs([Prompt.from_row(r) for r in rows])
 
 
 class RemoteBackend:
@@ -66,7 +67,7 @@ def test_vllm_and_transformers_give_the_same_label_logprobs(vllm_engine, rows, r
 
     assert VLLMConfig().env()["HF_HUB_OFFLINE"] == "1"  # the engine loads the exported folder offline
     assert {r["task"] for r in rows} == {"sequential", "ctr"} and any(r["images"] for r in rows)
-    got = vllm_engine.label_logprobs([as_prompt(r) for r in rows])
+    got = vllm_engine.label_logprobs([Prompt.from_row(r) for r in rows])
     for row, a, b in zip(rows, got, reference):
         assert a.shape == b.shape == (len(row["labels"]) or 2,)
         np.testing.assert_allclose(a, b, atol=1e-3)
@@ -93,14 +94,14 @@ def test_ray_data_llm_processor_matches_the_reference(ray_session, folder, rows,
 def test_deliberator_actor_in_ray_data(ray_session, vlm_bundle_uri, rows, reference):
     import ray
 
-    from actors.deliberator import DeliberatorActor, actor_resources
+    from actors.stages import DeliberatorActor, vlm_resources
 
     config = DeliberatorConfig(backend="transformers", batch_size=4, threads=1)
-    assert actor_resources(config) == {"num_cpus": 0.5, "num_gpus": 0}  # no GPU in this cluster
+    assert vlm_resources(config) == {"num_cpus": 0.5, "num_gpus": 0}  # no GPU in this cluster
     assert config.resources(cluster_gpus=4)["num_gpus"] == 1
     ds = ray.data.from_items(rows).map_batches(
         DeliberatorActor, fn_constructor_args=(vlm_bundle_uri, config), batch_size=4, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=1), **actor_resources(config))
+        compute=ray.data.ActorPoolStrategy(size=1), **vlm_resources(config))
     out = {r["user_id"]: r for r in ds.take_all()}
     for row, lp in zip(rows, reference):
         got = out[row["user_id"]]

@@ -7,7 +7,7 @@ import pytest
 import ray
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CLUSTERS = sorted((REPO / "cluster").glob("*.yaml"))
 MANIFESTS = sorted((REPO / "manifests").glob("*.yaml"))
 
@@ -67,7 +67,7 @@ def test_kuberay_jobs_run_real_entry_points_with_real_flags(name, spec):
     parser = argparse.ArgumentParser()
     nightly_score.add_arguments(parser)
     args = parser.parse_args(argv[2:])  # an unknown or misspelt flag fails here
-    assert nightly_score.score_config(args).mode == args.mode
+    assert nightly_score.config(args).score.mode == args.mode
     cluster = spec["rayClusterSpec"]
     assert cluster["rayVersion"] == ray.__version__
     groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}

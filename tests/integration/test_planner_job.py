@@ -21,7 +21,8 @@ ROWS = 2 * USERS + 1  # and one more test user whose request carries no history 
 def requests_uri(synthetic_data):
     sequential = requests_for_split(synthetic_data, "test", "sequential", k=10)
     cold = sequential.slice(USERS, 1)
-    cold = cold.set_column(cold.schema.get_field_index("history"), "history", pa.nulls(1, cold.schema.field("history").type))
+    cold = cold.set_column(cold.schema.get_field_index("history"), "history",
+                           pa.nulls(1, cold.schema.field("history").type))
     table = pa.concat_tables([sequential.slice(0, USERS), cold,
                               requests_for_split(synthetic_data, "test", "direct", k=10).slice(0, USERS)])
     bad = pa.table({"user_id": ["", "u-x"], "task": ["sequential", "direct"], "k": [10, 10],
@@ -54,17 +55,14 @@ def test_fit_planner_refuses_refit_tools_without_a_holdout(vlm_bundle_uri, synth
     manifest["files"] = {r: h for r, h in manifest["files"].items() if "/holdout/" not in r}
     storage.write_json(storage.join(uri, "manifest.json"), manifest)
     with pytest.raises(ValueError, match=r"\['lightgcn'\] were refit on train \+ validation"):
-        fit_planner(synthetic_data.uri, uri, FitPlannerConfig(score=SCORE), log=lambda *_: None)
+        fit_planner(synthetic_data.uri, uri, FitPlannerConfig(score=SCORE))
 
 
 def run_mode(mode, bundle_uri, requests_uri, output):
-    import argparse
+    from jobs.nightly_score import NightlyJob, run
 
-    from jobs.nightly_score import run
-
-    args = argparse.Namespace(requests=requests_uri, bundle=bundle_uri, output=output, run_date="2026-11-27",
-                              force=True)
-    return run(args, dataclasses.replace(SCORE, mode=mode), log=lambda *_: None)
+    return run(NightlyJob(requests_uri, bundle_uri, output, "2026-11-27", force=True,
+                          score=dataclasses.replace(SCORE, mode=mode)))
 
 
 @pytest.fixture(scope="session")
@@ -114,11 +112,12 @@ def test_job_in_every_mode_accounts_for_every_row(mode, mode_runs):
 
 def test_planner_rows_match_the_in_process_stages(mode_runs, routed_bundle_uri, requests_uri):
     """The same stages without Ray give the same answers: the job adds scheduling, not behaviour."""
+    from reasonrec.batch.context import Scoring
     from reasonrec.batch.local import LocalPipeline
-    from reasonrec.batch.requests import list_shards
+    from reasonrec.batch.shards import list_shards
 
     table = pa.concat_tables([storage.read_parquet(s) for s in list_shards(requests_uri)])
-    local = LocalPipeline(Bundle(routed_bundle_uri), dataclasses.replace(SCORE, mode="planner"))(table)
+    local = LocalPipeline(Scoring.load(routed_bundle_uri, dataclasses.replace(SCORE, mode="planner")))(table)
     local = local.filter(local.column("error").is_null())
     batch = commit.read_committed(mode_runs["planner"][0], "2026-11-27")
     key = lambda t: {(u, k): [x["item_id"] for x in r] for u, k, r in zip(  # noqa: E731
@@ -131,7 +130,7 @@ def test_report_compares_the_modes(mode_runs, synthetic_data, tmp_path):
 
     out = str(tmp_path / "report")
     report = write_report([uri for uri, _ in mode_runs.values()], synthetic_data.uri, out,
-                          ReportConfig(sweep_users=40, backend="transformers"), log=lambda *_: None)
+                          ReportConfig(sweep_users=40, backend="transformers"))
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert all(f"| {mode} |" in markdown for mode in MODES)
     assert (tmp_path / "report" / "frontier.png").read_bytes()[:4] == b"\x89PNG"
@@ -148,7 +147,7 @@ def test_report_compares_the_modes(mode_runs, synthetic_data, tmp_path):
 
 
 def test_report_command_line(mode_runs, synthetic_data, tmp_path, capsys):
-    from reasonrec.cli import main
+    from jobs.cli import main
 
     runs = [arg for uri, _ in mode_runs.values() for arg in ("--run", uri)]
     out = str(tmp_path / "cli-report")
@@ -169,7 +168,7 @@ def test_multinode_vlm_actors_run_on_the_gpu_node_and_tools_elsewhere(routed_bun
     import sys
     from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, "tests/scripts/multinode_job.py", routed_bundle_uri, requests_uri,
                            "s3://reasonrec-test/planner/multinode"], cwd=repo, capture_output=True, text=True,
                           timeout=500, env={**os.environ, "PYTHONPATH": str(repo)})

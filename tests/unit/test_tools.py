@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from reasonrec.evaluate import evaluate, majority_vote, tool_scorer
+from reasonrec.evaluator import evaluate, majority_vote, tool_scorer
 from reasonrec.tools import REGISTRY, Tool, exclude_seen, make_config, tool_class
 from reasonrec.train.loop import fit
 
@@ -17,10 +17,10 @@ def trained(synthetic_data):
     torch.set_num_threads(2)
     tools = {}
     for name in ["pop", *TASK_OF]:
-        tool = tool_class(name)(make_config(name, {"epochs": 30, "patience": 3, **SMALL_DATA[name]} if name != "pop" else None), synthetic_data.n_items,
+        overrides = {"epochs": 30, "patience": 3, **SMALL_DATA[name]} if name != "pop" else None
+        tool = tool_class(name)(make_config(name, overrides), synthetic_data.n_items,
                                 synthetic_data.train.user_ids)
-        fit(tool, synthetic_data.train, synthetic_data.eval_set("valid"), refit_on=synthetic_data.train_and_valid,
-            log=lambda *_: None)
+        fit(tool, synthetic_data.train, synthetic_data.eval_set("valid"), refit_on=synthetic_data.train_and_valid)
         tools[name] = tool
     return tools
 

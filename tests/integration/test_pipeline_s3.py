@@ -6,7 +6,7 @@ import pytest
 
 from reasonrec import storage
 from reasonrec.bundle import Bundle
-from reasonrec.cli import main
+from jobs.cli import main
 
 
 def test_cli_end_to_end_on_s3(ray_session, s3_endpoint, synthetic_raw, tmp_path, capsys):

@@ -8,20 +8,17 @@ import pytest
 
 from reasonrec import storage
 from reasonrec.batch import commit
+from jobs.cli import main
 from reasonrec.batch.config import ScoreConfig
+from reasonrec.batch.context import Scoring
 from reasonrec.batch.horizon_stage import HorizonStage
 from reasonrec.batch.planner_stage import PlannerStage
-from reasonrec.batch.requests import (
-    conform,
-    read_shard,
-    requests_for_split,
-    write_requests,
-)
+from reasonrec.batch.requests import requests_for_split, write_requests
+from reasonrec.batch.shards import conform, read_shard
 from reasonrec.batch.tool_stage import ToolStage
 from reasonrec.bundle import Bundle
-from reasonrec.cli import main
 from reasonrec.data import schemas
-from reasonrec.evaluate import (
+from reasonrec.evaluator import (
     evaluate_bundle,
     evaluate_results,
     majority_vote,
@@ -37,13 +34,13 @@ def stream(table: pa.Table, shard: str = "mem://shard") -> pa.Table:
     return conform(table, shard)
 
 
-def answer(bundle_uri, table: pa.Table, config: ScoreConfig = CONFIG, route: str | None = None) -> pa.Table:
-    """The job's stages in order; ``route`` forces every row onto one route (``low``: the primary tool answers)."""
-    bundle = Bundle(bundle_uri)
-    rows = ToolStage(bundle, config)(HorizonStage(bundle, config)(stream(table)))
-    if route:
-        rows = rows.set_column(rows.schema.get_field_index("route"), "route", pa.array([route] * rows.num_rows))
-    return PlannerStage(bundle, config)(rows)
+def answer(bundle_uri, table: pa.Table, config: ScoreConfig = CONFIG, plan: str | None = None) -> pa.Table:
+    """The job's stages in order; ``plan`` gives every row one answerer (``tool``: the primary tool)."""
+    scoring = Scoring.load(bundle_uri, config)
+    rows = HorizonStage(scoring)(stream(table))
+    if plan:
+        rows = rows.set_column(rows.schema.get_field_index("plan"), "plan", pa.array([plan] * rows.num_rows))
+    return PlannerStage(scoring)(ToolStage(scoring)(rows))
 
 
 def request_rows(**columns) -> pa.Table:
@@ -64,7 +61,7 @@ def test_validator_names_the_field_of_each_bad_row(bundle_uri, synthetic_data):
         k=[10, 10, 10, 10, 10, 10, 0, 101, 10, 10, 10],
         candidates=[None] * 9 + [[item, "no-such-item"]] + [None],
     )
-    out = HorizonStage(Bundle(bundle_uri), CONFIG)(stream(rows))
+    out = HorizonStage(Scoring.load(bundle_uri, CONFIG))(stream(rows))
     errors = out.column("error").to_pylist()
     assert errors[0] is None
     expected = ["user_id: null", "user_id: empty", "user_id: ' pad' has surrounding whitespace",
@@ -112,7 +109,7 @@ def test_batch_answers_rank_exactly_like_the_evaluator(bundle_uri, synthetic_dat
         out = answer(bundle_uri, requests)
         scorer = majority_vote(bundle.load_tool(name) for name in bundle.tool_names)
     else:
-        out = answer(bundle_uri, requests, ScoreConfig(batch_size=200, mode="planner"), route="low")
+        out = answer(bundle_uri, requests, ScoreConfig(batch_size=200, mode="planner"), plan="tool")
         scorer = tool_scorer(bundle.load_tool(tool))
     assert out.num_rows == requests.num_rows and out.column("error").null_count == out.num_rows
     results = commit._results(out, "r")
@@ -146,21 +143,22 @@ def test_batch_answers_rank_exactly_like_the_evaluator(bundle_uri, synthetic_dat
 def test_a_row_the_primary_tool_answers_alone_costs_that_tool_only(bundle_uri, synthetic_data, task):
     """Route low in planner mode (DESIGN.md §4): only the primary tool scores the row, and the answer is the one
     the row gets when every tool is scored."""
-    bundle, config = Bundle(bundle_uri), ScoreConfig(batch_size=200, mode="planner")
-    rows = HorizonStage(bundle, config)(stream(requests_for_split(synthetic_data, "test", task, k=10).slice(0, 40)))
-    rows = rows.set_column(rows.schema.get_field_index("route"), "route", pa.array(["low"] * rows.num_rows))
-    lean, full = ToolStage(bundle, config), ToolStage(bundle, config)
-    full.planner.paths_before_vlm = lambda mode, task, routes: np.full(len(routes), "vote", dtype=object)
+    scoring = Scoring.load(bundle_uri, ScoreConfig(batch_size=200, mode="planner"))
+    rows = HorizonStage(scoring)(stream(requests_for_split(synthetic_data, "test", task, k=10).slice(0, 40)))
+    planned = {plan: rows.set_column(rows.schema.get_field_index("plan"), "plan", pa.array([plan] * rows.num_rows))
+               for plan in ("tool", "vote")}
+    lean, full = ToolStage(scoring), ToolStage(scoring)
     called = []
     for name, tool in lean.tools.items():
         score = tool.score
         tool.score = lambda history, name=name, score=score: called.append(name) or score(history)
-    lean_rows, full_rows = lean(rows), full(rows)
-    assert called == [config.primary[task]]
+    lean_rows, full_rows = lean(planned["tool"]), full(planned["vote"])
+    assert called == [scoring.primary[task]]
     assert lean_rows.column("pool").null_count == rows.num_rows
     assert full_rows.column("pool").null_count == 0
+    full_rows = full_rows.set_column(full_rows.schema.get_field_index("plan"), "plan", lean_rows.column("plan"))
     columns = ["user_id", "ranked", "confidence", "tools", "trace", "path", "tools_top"]
-    planner = PlannerStage(bundle, config)
+    planner = PlannerStage(scoring)
     assert planner(lean_rows).select(columns).to_pylist() == planner(full_rows).select(columns).to_pylist()
 
 
@@ -181,6 +179,8 @@ def test_commit_keeps_only_listed_parts_and_latest_run(tmp_path, bundle_uri):
     storage.write_bytes(storage.join(first.uri, "part-orphan.parquet"), b"left by a failed attempt")
     commit.commit(first, {**commit.summarise([part]), "rows_in": 3, "finished": "1"})
     assert "part-orphan.parquet" not in storage.list_files(first.uri)
+    assert storage.list_files(first.date_uri) == sorted([*(f"{n}.parquet" for n in part["results"]), "_SUCCESS",
+                                                         "_manifest.json"])
     assert commit.read_committed(str(tmp_path)).num_rows == 2
     quarantine = commit.read_committed(str(tmp_path), table="quarantine")
     assert quarantine.column("reason").to_pylist() == ["user_id: null"]
@@ -236,10 +236,15 @@ def test_nightly_job_on_s3_commits_quarantines_and_agrees_with_evaluate(ray_sess
                for r in reasons) == 50
 
     results = commit.read_committed(output, "2026-11-27")
+    import pyarrow.dataset as pads  # a reader that knows nothing of manifests sees the same rows, on S3 too
+
+    fs, path = storage.resolve(output)
+    plain = pads.dataset(path, filesystem=fs, format="parquet", partitioning="hive").to_table()
+    key = [("user_id", "ascending"), ("task", "ascending")]
+    assert plain.drop_columns(["run_date"]).sort_by(key).equals(results.sort_by(key))
     for task in ("sequential", "direct"):
         from_results = evaluate_results(results, synthetic_data, task)["metrics"]
-        from_evaluate = evaluate_bundle(synthetic_data, Bundle(bundle_uri), task,
-                                        log=lambda *_: None)["baselines"]["majority_vote"]
+        from_evaluate = evaluate_bundle(synthetic_data, Bundle(bundle_uri), task)["baselines"]["majority_vote"]
         assert from_results == pytest.approx(from_evaluate, abs=1e-9)
 
     assert main(args) == 0  # the date is committed: a no-op that says so
@@ -249,8 +254,10 @@ def test_nightly_job_on_s3_commits_quarantines_and_agrees_with_evaluate(ray_sess
     assert main([*args, "--force"]) == 0
     forced = commit.committed_run(output, "2026-11-27")
     assert forced["run_id"] != manifest["run_id"]
-    assert [f for f in storage.list_files(f"{output}/run_date=2026-11-27") if f.endswith("_manifest.json")] == \
-        [f"run_id={forced['run_id']}/_manifest.json"]
+    assert [f for f in storage.list_files(f"{output}/_runs/run_date=2026-11-27") if f.endswith("_manifest.json")] \
+        == [f"run_id={forced['run_id']}/_manifest.json"]
+    published = storage.list_files(f"{output}/run_date=2026-11-27")
+    assert sorted(published) == sorted([*(f"{n}.parquet" for n in forced["results"]), "_SUCCESS", "_manifest.json"])
     again = commit.read_committed(output, "2026-11-27")
     keys = again.select(["user_id", "task"]).to_pandas()
     assert again.num_rows == n_good and keys.duplicated().sum() == 0
@@ -262,3 +269,38 @@ def test_score_refuses_a_bundle_without_the_configured_tool(bundle_uri, tmp_path
     assert main(["score", "--requests", str(tmp_path), "--bundle", bundle_uri, "--output", str(tmp_path / "o"),
                  "--config", str(config)]) == 2
     assert "names {'sequential': 'gru4rec'}" in capsys.readouterr().err
+
+
+def copy_bundle(uri: str, to: str, edit) -> str:
+    for rel in storage.list_files(uri):
+        storage.write_bytes(storage.join(to, rel), storage.read_bytes(storage.join(uri, rel)))
+    manifest = storage.read_json(storage.join(to, "manifest.json"))
+    edit(manifest)
+    storage.write_json(storage.join(to, "manifest.json"), manifest)
+    return to
+
+
+def test_primary_tools_come_from_the_bundle_and_a_task_without_one_is_quarantined(bundle_uri, synthetic_data,
+                                                                                 tmp_path):
+    """A bundle of SASRec alone, from before bundles recorded their primary tools: sequential requests are answered,
+    direct ones are quarantined with the reason, and nothing refuses to start. A recorded choice is the default;
+    the config overrides it."""
+    from reasonrec.batch.local import LocalPipeline
+
+    only_sasrec = copy_bundle(bundle_uri, str(tmp_path / "sasrec"), lambda m: m["tools"].pop("lightgcn"))
+    scoring = Scoring.load(only_sasrec, CONFIG)
+    scoring.check()
+    assert scoring.primary == {"sequential": "sasrec"} and scoring.answered == ("sequential",)
+    requests = pa.concat_tables([requests_for_split(synthetic_data, "test", t, k=5).slice(0, 4)
+                                 for t in ("sequential", "direct")])
+    out = LocalPipeline(scoring)(requests)
+    errors = dict(zip(out.column("task").to_pylist(), out.column("error").to_pylist()))
+    assert errors["sequential"] is None
+    assert errors["direct"] == (f"task: 'direct' is not answered by this job: bundle {only_sasrec} has no primary "
+                                "tool for it among ['sasrec'] (ScoreConfig.primary)")
+
+    recorded = copy_bundle(bundle_uri, str(tmp_path / "recorded"),
+                           lambda m: m.update(primary={"sequential": "lightgcn", "direct": "sasrec", "ctr": "sasrec"}))
+    assert Scoring.load(recorded, CONFIG).primary == {"sequential": "lightgcn", "direct": "sasrec", "ctr": "sasrec"}
+    chosen = Scoring.load(recorded, ScoreConfig(mode="tools-only", primary={"sequential": "sasrec"})).primary
+    assert chosen == {"sequential": "sasrec", "direct": "sasrec", "ctr": "sasrec"}

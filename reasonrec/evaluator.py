@@ -1,6 +1,7 @@
 """One evaluator for every scorer: full ranking (sequential) or 1 + N sampled candidates (direct)."""
 from __future__ import annotations
 
+import logging
 from typing import Callable, Iterable
 
 import numpy as np
@@ -8,9 +9,11 @@ import torch
 
 from reasonrec.data.prepared import EvalSet, Sequences
 from reasonrec.metrics import hit_and_ndcg, target_rank
+from reasonrec.scores import majority_vote as vote
 from reasonrec.tools.base import Tool, exclude_seen
 
 TASKS = ("sequential", "direct")
+logger = logging.getLogger(__name__)
 Scorer = Callable[[Sequences], torch.Tensor]
 
 
@@ -43,14 +46,6 @@ def tool_scorer(tool: Tool) -> Scorer:
     return tool.score
 
 
-def normalise(scores: torch.Tensor) -> torch.Tensor:
-    """Min-max per row over the finite entries, so that tools on different scales can be averaged."""
-    finite = torch.isfinite(scores)
-    low = scores.masked_fill(~finite, float("inf")).amin(dim=1, keepdim=True)
-    high = scores.masked_fill(~finite, float("-inf")).amax(dim=1, keepdim=True)
-    return ((scores - low) / (high - low).clamp(min=1e-12)).masked_fill(~finite, 0.0)
-
-
 def majority_vote(tools: Iterable[Tool]) -> Scorer:
     """The paper's Majority Vote baseline: the mean of the tools' normalised scores."""
     tools = list(tools)
@@ -58,12 +53,12 @@ def majority_vote(tools: Iterable[Tool]) -> Scorer:
         tool.eval()
 
     def score(history: Sequences) -> torch.Tensor:
-        return torch.stack([normalise(tool.score(history)) for tool in tools]).mean(dim=0)
+        return vote([tool.score(history) for tool in tools])
 
     return score
 
 
-def evaluate_bundle(data, bundle, task: str, split: str = "test", log=print) -> dict:
+def evaluate_bundle(data, bundle, task: str, split: str = "test") -> dict:
     """Every tool of the bundle, popularity fitted on the same training data, and their Majority Vote."""
     from reasonrec.tools import make_config, tool_class
 
@@ -76,14 +71,14 @@ def evaluate_bundle(data, bundle, task: str, split: str = "test", log=print) -> 
     results = {}
     for name, tool in tools.items():
         results[name] = evaluate(tool_scorer(tool), evalset, task)
-        log(f"{name:>12s} " + "  ".join(f"{k} {v:.4f}" for k, v in results[name].items()))
+        logger.info(f"{name:>12s} " + "  ".join(f"{k} {v:.4f}" for k, v in results[name].items()))
     popularity = tool_class("pop")(make_config("pop"), data.n_items)
     popularity.attach(data.train)
     baselines = {"popularity": evaluate(tool_scorer(popularity), evalset, task)}
     if len(tools) > 1:
         baselines["majority_vote"] = evaluate(majority_vote(tools.values()), evalset, task)
     for name, metrics in baselines.items():
-        log(f"{name:>12s} " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        logger.info(f"{name:>12s} " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     return {
         "task": task, "dataset": data.meta["dataset"], "split": split, "users": int(len(evalset.target)),
         "bundle_version": bundle.version, "history_excluded": task == "sequential",
@@ -119,18 +114,21 @@ def ranks_from_results(results, users: np.ndarray, items: np.ndarray) -> np.ndar
 
 
 def evaluate_results(results, data, task: str, split: str = "test") -> dict:
-    """HR/NDCG of committed batch results against the split's held-out items (cutoffs up to the smallest k)."""
+    """HR/NDCG of committed batch results against the split's held-out items (cutoffs up to the smallest k), over the
+    split's users the results answer (a run over a sample of users is scored on that sample: ``unanswered`` counts
+    the split's other users)."""
     import pyarrow.compute as pc
 
-    rows = results.filter(pc.equal(results.column("task"), task))
+    asked = results.filter(pc.equal(results.column("task"), task))
     # A user asked twice is evaluated once (the first answer): the requests decide duplicates, not the metric.
-    _, first = np.unique(rows.column("user_id").to_numpy(zero_copy_only=False).astype(str), return_index=True)
-    targets = data.table(split)
-    report = {"task": task, "split": split, "users": int(targets.num_rows), "results": int(rows.num_rows),
-              "duplicates": int(rows.num_rows - len(first))}
-    rows = rows.take(np.sort(first))
+    _, first = np.unique(asked.column("user_id").to_numpy(zero_copy_only=False).astype(str), return_index=True)
+    rows = asked.take(np.sort(first))
     if rows.num_rows == 0:
         raise ValueError(f"no committed results for task {task!r}")
+    every = data.table(split)
+    targets = every.filter(pc.is_in(every.column("user_id"), rows.column("user_id")))
+    report = {"task": task, "split": split, "users": int(targets.num_rows), "results": int(asked.num_rows),
+              "duplicates": int(asked.num_rows - len(first)), "unanswered": int(every.num_rows - targets.num_rows)}
     ranks = ranks_from_results(rows, users=targets.column("user_id").to_numpy(zero_copy_only=False),
                                items=targets.column("item_id").to_numpy(zero_copy_only=False))
     shortest = int(pc.min(pc.list_value_length(rows.column("ranked"))).as_py() or 0)

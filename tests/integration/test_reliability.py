@@ -1,6 +1,5 @@
 """Nothing lost (DESIGN.md §3, §7): faults injected into the nightly job on the real stack (Ray, the S3 endpoint on
 127.0.0.1 behind a fault-injecting proxy); every input row ends once in results or quarantine."""
-import argparse
 import dataclasses
 import json
 import re
@@ -24,16 +23,15 @@ from reasonrec.batch.config import ScoreConfig
 from reasonrec.batch.requests import requests_for_split, write_requests
 from reasonrec.data import schemas
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATE = "2026-11-27"
 TOOLS_ONLY = ScoreConfig(mode="tools-only", batch_size=8, horizon_batch_size=8)  # small blocks: many parts
 
 
-def score(requests: str, output: str, bundle: str, config: ScoreConfig, force: bool = False, log=None) -> dict:
-    from jobs.nightly_score import run
+def score(requests: str, output: str, bundle: str, config: ScoreConfig, force: bool = False) -> dict:
+    from jobs.nightly_score import NightlyJob, run
 
-    return run(argparse.Namespace(requests=requests, bundle=bundle, output=output, run_date=DATE, force=force),
-               dataclasses.replace(config), log=log or (lambda *_: None))
+    return run(NightlyJob(requests, bundle, output, DATE, force, dataclasses.replace(config)))
 
 
 def accounted(output: str, rows_in: int) -> tuple[pa.Table, pa.Table]:
@@ -69,11 +67,11 @@ def clean_run(ray_session, requests_uri, bundle_uri):
 
 
 def ledger_entries(output: str) -> int:
-    return sum("/ledger/" in f for f in storage.list_files(f"{output}/run_date={DATE}"))
+    return sum("/ledger/" in f for f in storage.list_files(f"{output}/{commit.RUNS}/run_date={DATE}"))
 
 
 def test_driver_crash_then_rerun_resumes_only_the_missing_work(ray_session, requests_uri, bundle_uri, clean_run,
-                                                               tmp_path):
+                                                               tmp_path, caplog):
     output = "s3://reasonrec-test/reliability/crash"
     settings = tmp_path / "score.yaml"
     settings.write_text(f"horizon_batch_size: {TOOLS_ONLY.horizon_batch_size}\n")
@@ -92,17 +90,19 @@ def test_driver_crash_then_rerun_resumes_only_the_missing_work(ray_session, requ
     assert commit.committed_run(output, DATE) is None, "the driver finished before it could be killed"
     assert ledger_entries(output) >= 2
 
-    lines = []
-    manifest = score(requests_uri, output, bundle_uri, TOOLS_ONLY, log=lines.append)
+    caplog.set_level("INFO", logger="reasonrec")
+    manifest = score(requests_uri, output, bundle_uri, TOOLS_ONLY)
     reused = manifest["resumed"]
     assert reused is not None and 0 < reused["rows_reused"] < 320 and reused["parts_reused"] >= 2
-    assert any("resuming run" in line for line in lines)
+    assert "resuming run" in caplog.text
     results, quarantine = accounted(output, 320)
     assert quarantine.num_rows == 0 and rankings(results) == clean_run
-    # one run folder for the date, holding only what its manifest lists
-    files = storage.list_files(f"{output}/run_date={DATE}")
-    assert {f.split("/")[0] for f in files} == {f"run_id={manifest['run_id']}"}
-    assert not any("/ledger/" in f or f.endswith(commit.RUN_HEADER) for f in files)
+    # one run folder for the date, its manifest only left; the date's folder holds exactly the listed parts
+    files = storage.list_files(f"{output}/{commit.RUNS}/run_date={DATE}")
+    assert files == [f"run_id={manifest['run_id']}/{commit.MANIFEST}"]
+    published = storage.list_files(f"{output}/run_date={DATE}")
+    assert sorted(published) == sorted([*(f"{n}.parquet" for n in manifest["results"]), commit.SUCCESS,
+                                        commit.MANIFEST])
 
 
 def test_a_rerun_with_other_settings_starts_afresh(ray_session, requests_uri, bundle_uri, tmp_path):
@@ -184,7 +184,7 @@ def test_transient_storage_faults_are_retried(ray_session, s3_proxy, requests_ur
 def test_the_row_count_reads_footers_and_never_takes_a_storage_error_for_a_corrupt_shard(s3_proxy):
     """The job's independent count of input rows: a footer it cannot fetch fails the count (after the retries); a
     shard without a footer counts as the one quarantine row it becomes; a footer beyond the first read is fetched."""
-    from reasonrec.batch.requests import FOOTER_READ, rows_in_shard
+    from reasonrec.batch.shards import FOOTER_READ, rows_in_shard
 
     root = "s3://reasonrec-test/reliability/footers"
     storage.write_parquet(pa.table({"user_id": ["u"] * 10}), f"{root}/good.parquet")
@@ -321,12 +321,12 @@ def test_bad_input_at_scale_is_quarantined_row_by_row(ray_session, synthetic_dat
     assert set(kinds) == set(BAD_KINDS)  # the seed exercises every kind
 
 
-def test_credentials_never_reach_outputs_logs_or_traces(ray_session, requests_uri, bundle_uri, capfd):
+def test_credentials_never_reach_outputs_logs_or_traces(ray_session, requests_uri, bundle_uri, capfd, caplog):
     output = "s3://reasonrec-test/reliability/secrets"
-    lines = []
-    score(requests_uri, output, bundle_uri, TOOLS_ONLY, log=lines.append)
+    caplog.set_level("DEBUG", logger="reasonrec")
+    score(requests_uri, output, bundle_uri, TOOLS_ONLY)
     secrets = [os.environ["AWS_ACCESS_KEY_ID"].encode(), os.environ["AWS_SECRET_ACCESS_KEY"].encode()]
-    texts = {"job log": "\n".join(lines).encode(), "captured output": "".join(capfd.readouterr()).encode()}
+    texts = {"job log": caplog.text.encode(), "captured output": "".join(capfd.readouterr()).encode()}
     for rel in storage.list_files(output):  # results, quarantine, manifest (with the job's settings)
         texts[rel] = storage.read_bytes(f"{output}/{rel}")
     results = commit.read_committed(output, DATE)
@@ -340,7 +340,8 @@ def test_credentials_never_reach_outputs_logs_or_traces(ray_session, requests_ur
     assert not leaked, leaked
 
 
-UNSAFE_LOADS = re.compile(r"pickle\.loads?\(|joblib\.load\(|allow_pickle\s*=\s*True|torch\.load\((?![^)]*weights_only=True)")
+UNSAFE_LOADS = re.compile(r"pickle\.loads?\(|joblib\.load\(|allow_pickle\s*=\s*True"
+                          r"|torch\.load\((?![^)]*weights_only=True)")
 
 
 def test_no_code_path_unpickles_and_every_bundle_file_is_checksummed(bundle_uri):
@@ -363,18 +364,18 @@ def test_unreadable_and_huge_item_images_quarantine_the_rows_that_show_them(vlm_
     from PIL import Image
 
     from reasonrec.batch.config import ScoreConfig
+    from reasonrec.batch.context import Scoring
     from reasonrec.batch.horizon_stage import HorizonStage
-    from reasonrec.batch.requests import conform
+    from reasonrec.batch.shards import conform
     from reasonrec.batch.tool_stage import ToolStage
     from reasonrec.batch.vlm_stage import VLMStage
-    from reasonrec.bundle import Bundle
     from reasonrec.vlm.backends import MAX_IMAGE_PIXELS
 
-    bundle = Bundle(vlm_bundle_uri)
     config = ScoreConfig(mode="vlm-only", shortlist=8, deliberator=PLANNER_SCORE.deliberator)
+    scoring = Scoring.load(vlm_bundle_uri, config)
     requests = conform(requests_for_split(synthetic_data, "test", "sequential", k=5).slice(0, 6), "images")
-    rows = ToolStage(bundle, config)(HorizonStage(bundle, config)(requests))
-    stage = VLMStage(bundle, config)
+    rows = ToolStage(scoring)(HorizonStage(scoring)(requests))
+    stage = VLMStage(scoring)
     prompts, _ = stage.prompts.rows(rows, config.shortlist)
     spared = set(prompts[0]["images"])  # row 0 must still be answered
     broken = next(uri for uri in prompts[1]["images"] if uri not in spared)

@@ -1,0 +1,46 @@
+"""The catalogue as prompts see it: item index -> prompt Item (title, image), categories for profiles and
+explanations. R-VIT training and the VLM stage build their prompts from the same object."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from reasonrec.prompts.templates import Item
+
+
+class Catalogue:
+    """Item index -> prompt Item (title, image); categories for profiles and explanations."""
+
+    def __init__(self, items: pa.Table, vocab, images: bool = True):
+        """``items``: the catalogue table (item_id, title, categories, image_uri); ``vocab``: items, offset 1."""
+        ids = items.column("item_id").to_pylist()
+        index = vocab.index(items.column("item_id"))
+        titles = items.column("title").to_pylist()
+        uris = items.column("image_uri").to_pylist() if images else [None] * len(ids)
+        categories = items.column("categories").to_pylist()
+        size = len(vocab) + 1
+        self.ids = np.empty(size, dtype=object)
+        self.items = np.empty(size, dtype=object)
+        self.category = np.empty(size, dtype=object)
+        for row, i in enumerate(index):
+            if i < 0:
+                continue  # an item the model was not trained on
+            self.ids[i] = ids[row]
+            self.items[i] = Item(titles[row] or f"item {ids[row]}", uris[row] or None)
+            self.category[i] = (categories[row] or [None])[0]
+
+    def profile(self, history: np.ndarray) -> str:
+        cats = [c for c in self.category[history] if c]
+        text = f"{len(history)} purchase{'s' if len(history) != 1 else ''}"
+        if cats:
+            names, counts = np.unique(cats, return_counts=True)
+            text += ", mostly " + " and ".join(names[np.argsort(-counts, kind="stable")[:2]])
+        return text
+
+    def explanation(self, history: np.ndarray, item: int) -> str:
+        category = self.category[item]
+        same = sum(c == category for c in self.category[history]) if category else 0
+        if same:
+            return (f"{same} of the {len(history)} past purchases are {category}, and {self.items[item].title} is "
+                    "one too")
+        return f"{self.items[item].title} is a new direction after {len(history)} purchases"
