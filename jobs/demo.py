@@ -16,7 +16,7 @@ from jobs import cli, evaluation, finetune_vlm, fit_planner, nightly_score, prep
 from reasonrec.data.synthetic import SyntheticConfig
 
 CONFIGS = Path(reasonrec.__file__).parent / "configs"  # packaged with the library
-TASKS = ("sequential", "direct")
+TASKS = ("sequential", "direct", "ctr")
 
 
 @dataclasses.dataclass
@@ -90,13 +90,13 @@ def summary(manifest, tools_eval, batch_eval, vlm, planner, data, out, seconds) 
         f"chance {m['chance']:.4f}; a short schedule: the measured recipe is "
         f"--config reasonrec/configs/rvit_synthetic.yaml (docs/results.md, Deliberator)")
     for task, v in planner["validation"].items():
-        p = v["plan"]
+        p, key = v["plan"], v["metric"]  # HR@5, or for ctr the mean log-likelihood of the click labels
         lines.append(
             f"planner for {task} (fitted on {v['rows']} validation users): route low (C < {p['tau_low']:.2f}) -> "
             f"{p['low']}, medium (C <= {p['tau_high']:.2f}) -> VLM unless confidence < {p['kappa']:.2f}, high -> "
-            f"VLM + tools + aggregator; validation HR@5 {p['HR@5']:.4f} with the VLM on {p['vlm_share']:.0%} of rows "
-            f"(primary tool {v['HR@5']['tool']:.4f}, vote {v['HR@5']['vote']:.4f}, VLM alone {v['HR@5']['vlm']:.4f}, "
-            f"VLM + tools {v['HR@5']['aggregate']:.4f})")
+            f"VLM + tools + aggregator; validation {key} {p[key]:.4f} with the VLM on {p['vlm_share']:.0%} of rows "
+            f"(primary tool {v[key]['tool']:.4f}, vote {v[key]['vote']:.4f}, VLM alone {v[key]['vlm']:.4f}, "
+            f"VLM + tools {v[key]['aggregate']:.4f})")
     lines.append(f"compare the four modes: reasonrec score --mode tools-only|vlm-only|vlm+tools-always|planner, then "
                  f"reasonrec report --run ... --data {data}")
     lines.append(f"outputs under {out}; finished in {seconds:.0f}s")

@@ -19,6 +19,7 @@ import numpy as np
 from reasonrec import storage
 
 MANIFEST = "manifest.json"
+RANKING_TASKS = ("sequential", "direct")  # what a tool answers when the manifest does not say (older bundles)
 
 
 class BundleError(RuntimeError):
@@ -42,6 +43,12 @@ class Bundle:
     @property
     def tool_names(self) -> list[str]:
         return sorted(self.manifest.get("tools", {}))
+
+    def tools_for(self, task: str) -> list[str]:
+        """The tools that answer ``task``: ranking tools for sequential and direct, CTR tools for ctr (a bundle
+        written before tools recorded their tasks holds ranking tools only)."""
+        tools = self.manifest.get("tools", {})
+        return sorted(name for name, info in tools.items() if task in info.get("tasks", RANKING_TASKS))
 
     def read(self, rel: str) -> bytes:
         expected = self.manifest["files"].get(rel)
@@ -109,9 +116,9 @@ class BundleWriter:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
 
-    def add_tool(self, name: str, folder: str | Path, metrics: dict) -> None:
+    def add_tool(self, name: str, folder: str | Path, metrics: dict, tasks: tuple[str, ...] = RANKING_TASKS) -> None:
         shutil.copytree(folder, self._stage / "tools" / name, dirs_exist_ok=True)
-        self._tools[name] = {"metrics": metrics}
+        self._tools[name] = {"metrics": metrics, "tasks": list(tasks)}
 
     def staged_tools(self) -> list[str]:
         return sorted(self._tools)

@@ -46,3 +46,5 @@ def worker(level: int) -> None:
     """Inside a Ray worker: log at the driver's level to stderr (Ray shows it on the driver's console)."""
     if level <= logging.INFO:
         console(level, to_stderr=True)
+        # Ray gives a worker's root logger a stderr handler of its own: propagating printed every line twice.
+        logging.getLogger(ROOT).propagate = False

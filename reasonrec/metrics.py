@@ -1,4 +1,4 @@
-"""Ranking metrics from the 0-based rank of the held-out item (one evaluator for every model)."""
+"""Ranking metrics from the 0-based rank of the held-out item, and CTR metrics (one evaluator for every model)."""
 from __future__ import annotations
 
 import numpy as np
@@ -24,3 +24,14 @@ def hit_and_ndcg(ranks: np.ndarray, ks=KS) -> dict[str, float]:
         out[f"HR@{k}"] = float(hit.mean()) if len(ranks) else 0.0
         out[f"NDCG@{k}"] = float((hit / np.log2(ranks + 2)).mean()) if len(ranks) else 0.0
     return out
+
+
+def auc_and_logloss(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """CTR metrics (scikit-learn): AUC of the click probabilities, and their log loss."""
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    labels = np.asarray(labels, dtype=np.float64)
+    probabilities = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-7, 1 - 1e-7)
+    if len(np.unique(labels)) < 2:
+        raise ValueError(f"AUC needs clicks and non-clicks; got {int(labels.sum())} clicks in {len(labels)} rows")
+    return {"AUC": float(roc_auc_score(labels, probabilities)), "LogLoss": float(log_loss(labels, probabilities))}

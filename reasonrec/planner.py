@@ -22,7 +22,6 @@ import numpy as np
 from reasonrec.scores import minmax
 
 MODES = ("tools-only", "vlm-only", "vlm+tools-always", "planner")
-SAME_AS = {"ctr": "direct"}  # CTR requests rank their candidates like direct ones and share its fitted policy
 PATHS = ("tool", "vote", "vlm", "aggregate")
 ROUTES = np.array(["low", "medium", "high"], dtype=object)
 
@@ -46,33 +45,40 @@ class Policy:
 
 def reciprocal_rank(scores: np.ndarray) -> np.ndarray:
     """1 / (1 + rank) of each entry within its row (rank 0 = best); padding (-inf or NaN) -> 0."""
-    s = np.nan_to_num(scores, nan=-np.inf)
+    s = np.nan_to_num(scores, nan=-np.inf, neginf=-np.inf)
     ranks = np.argsort(np.argsort(-s, axis=-1, kind="stable"), axis=-1, kind="stable")
     return np.where(np.isfinite(s), 1.0 / (1.0 + ranks), 0.0)
 
 
 class Aggregator:
-    """Logistic regression over per-candidate evidence: is this candidate the user's next item?
+    """Logistic regression over per-candidate evidence: is this candidate the user's next item (``ranking``), or
+    will the user click it (``ctr``: the output is the calibrated click probability)?
 
-    Features: the VLM's probability (and its log, whether it is the VLM's top, x confidence, x horizon), and for
-    each tool and for their majority vote the min-max score and reciprocal rank within the shortlist (and rank x
-    horizon: how much to trust a tool can depend on how cold the user is). Fitted with scikit-learn on validation
-    rows; applied with numpy (the weights are JSON in the bundle manifest).
+    Ranking features: the VLM's probability (and its log, whether it is the VLM's top, x confidence, x horizon), and
+    for each tool and for their majority vote the min-max score and reciprocal rank within the shortlist (and rank x
+    horizon: how much to trust a tool can depend on how cold the user is). CTR features keep the absolute scales a
+    probability needs: the VLM's P(yes) and its log-odds (x horizon), each CTR tool's logit and the vote's log-odds.
+    Fitted with scikit-learn on validation rows; applied with numpy (the weights are JSON in the bundle manifest).
     """
 
-    def __init__(self, tools: list[str], mean: np.ndarray, scale: np.ndarray, coef: np.ndarray, intercept: float):
-        self.tools = list(tools)
+    def __init__(self, tools: list[str], mean: np.ndarray, scale: np.ndarray, coef: np.ndarray, intercept: float,
+                 kind: str = "ranking"):
+        self.tools, self.kind = list(tools), kind
         self.mean, self.scale, self.coef, self.intercept = mean, scale, coef, float(intercept)
 
     @staticmethod
-    def feature_names(tools: list[str]) -> list[str]:
+    def feature_names(tools: list[str], kind: str = "ranking") -> list[str]:
+        if kind == "ctr":
+            return ["vlm_p", "vlm_logit", "vlm_logit_x_horizon", *(f"{t}:logit" for t in tools), "vote:logit"]
         per_tool = [f"{t}:{f}" for t in [*tools, "vote"] for f in ("minmax", "rr", "rr_x_horizon")]
         return ["vlm_p", "vlm_logp", "vlm_top", "vlm_top_x_conf", "vlm_p_x_horizon", *per_tool]
 
     @staticmethod
     def features(tool_scores: np.ndarray, vote: np.ndarray, vlm: np.ndarray, confidence: np.ndarray,
-                 horizon: np.ndarray) -> np.ndarray:
+                 horizon: np.ndarray, kind: str = "ranking") -> np.ndarray:
         """(R, N, F) features; ``tool_scores`` (T, R, N) in the aggregator's tool order, ``vote`` (R, N)."""
+        if kind == "ctr":
+            return ctr_features(tool_scores, vote, vlm, horizon)
         p = np.nan_to_num(vlm, nan=0.0)
         top = (p == p.max(axis=1, keepdims=True)) & (p > 0)
         conf, c = confidence[:, None], horizon[:, None]
@@ -83,7 +89,7 @@ class Aggregator:
         return np.stack([np.broadcast_to(col, p.shape) for col in columns], axis=-1).astype(np.float64)
 
     @classmethod
-    def fit(cls, tools: list[str], x: np.ndarray, y: np.ndarray, c: float = 1.0) -> "Aggregator":
+    def fit(cls, tools: list[str], x: np.ndarray, y: np.ndarray, c: float = 1.0, kind: str = "ranking"):
         from sklearn.linear_model import LogisticRegression
         from sklearn.preprocessing import StandardScaler
 
@@ -92,24 +98,42 @@ class Aggregator:
         scaler = StandardScaler().fit(x)
         model = LogisticRegression(C=c, max_iter=2000).fit(scaler.transform(x), y)
         scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
-        return cls(tools, scaler.mean_, scale, model.coef_[0], model.intercept_[0])
+        return cls(tools, scaler.mean_, scale, model.coef_[0], model.intercept_[0], kind)
 
     def logits(self, tool_scores: np.ndarray, vote: np.ndarray, vlm: np.ndarray, confidence: np.ndarray,
                horizon: np.ndarray) -> np.ndarray:
-        x = self.features(tool_scores, vote, vlm, confidence, horizon)
+        x = self.features(tool_scores, vote, vlm, confidence, horizon, self.kind)
         out = ((x - self.mean) / self.scale) @ self.coef + self.intercept
         return np.where(np.isfinite(tool_scores[0]), out, -np.inf)
 
     def to_dict(self) -> dict:
-        return {"tools": self.tools, "features": self.feature_names(self.tools), "mean": self.mean.tolist(),
-                "scale": self.scale.tolist(), "coef": self.coef.tolist(), "intercept": self.intercept}
+        return {"tools": self.tools, "kind": self.kind, "features": self.feature_names(self.tools, self.kind),
+                "mean": self.mean.tolist(), "scale": self.scale.tolist(), "coef": self.coef.tolist(),
+                "intercept": self.intercept}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Aggregator":
-        if d["features"] != cls.feature_names(d["tools"]):
+        kind = d.get("kind", "ranking")
+        if d["features"] != cls.feature_names(d["tools"], kind):
             raise ValueError(f"aggregator features {d['features']} do not match this version's "
-                             f"{cls.feature_names(d['tools'])}: refit with `reasonrec fit-planner`")
-        return cls(d["tools"], *(np.array(d[k], dtype=np.float64) for k in ("mean", "scale", "coef")), d["intercept"])
+                             f"{cls.feature_names(d['tools'], kind)}: refit with `reasonrec fit-planner`")
+        return cls(d["tools"], *(np.array(d[k], dtype=np.float64) for k in ("mean", "scale", "coef")), d["intercept"],
+                   kind)
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p) - np.log1p(-p)
+
+
+def ctr_features(tool_scores: np.ndarray, vote: np.ndarray, vlm: np.ndarray, horizon: np.ndarray) -> np.ndarray:
+    """The CTR aggregator's features: ``tool_scores`` are the CTR tools' logits, ``vote`` their mean probability and
+    ``vlm`` the VLM's P(yes) per candidate (NaN where it was not asked: 0.5, no opinion)."""
+    p = np.nan_to_num(vlm, nan=0.5)
+    columns = [p, logit(p), logit(p) * horizon[:, None]]
+    columns += [np.nan_to_num(s, neginf=0.0, posinf=0.0) for s in tool_scores]
+    columns.append(logit(np.nan_to_num(vote, neginf=0.0)))
+    return np.stack([np.broadcast_to(col, p.shape) for col in columns], axis=-1).astype(np.float64)
 
 
 @dataclasses.dataclass
@@ -131,20 +155,23 @@ def softmax_top(scores: np.ndarray) -> np.ndarray:
 
 
 class Planner:
-    def __init__(self, tools: list[str], primary: dict[str, str], policies: dict[str, Policy],
+    def __init__(self, tools: dict[str, list[str]], primary: dict[str, str], policies: dict[str, Policy],
                  default: Policy | None = None):
-        self.tools = list(tools)  # order of the T axis of ``tool_scores``
+        self.tools = {task: list(names) for task, names in tools.items()}  # per task: the T axis of tool_scores
         self.primary = dict(primary)
         self.policies = dict(policies)
         self.default = default or Policy()  # tasks without a fitted policy
         for task, policy in self.policies.items():
-            if policy.aggregator and policy.aggregator["tools"] != self.tools:
+            if policy.aggregator and policy.aggregator["tools"] != self.tools_for(task):
                 raise ValueError(f"planner for {task}: aggregator fitted on tools {policy.aggregator['tools']}, "
-                                 f"the job consults {self.tools}")
+                                 f"the job consults {self.tools_for(task)}")
         self._aggregators = {t: Aggregator.from_dict(p.aggregator) for t, p in self.policies.items() if p.aggregator}
 
+    def tools_for(self, task: str) -> list[str]:
+        return self.tools.get(task, [])
+
     def policy(self, task: str) -> Policy:
-        return self.policies.get(SAME_AS.get(task, task)) or self.default
+        return self.policies.get(task) or self.default
 
     def routes(self, task: np.ndarray, horizon: np.ndarray) -> np.ndarray:
         tau_low = self._per_task(task, lambda t: self.policy(t).tau_low).astype(np.float64)
@@ -165,16 +192,17 @@ class Planner:
         return path
 
     def aggregator(self, task: str) -> Aggregator:
-        fitted = self._aggregators.get(SAME_AS.get(task, task))
+        fitted = self._aggregators.get(task)
         if fitted is None:
             raise ValueError(f"no fitted aggregator for task {task!r}: run `reasonrec fit-planner` on this bundle")
         return fitted
 
     def decide(self, mode: str, task: np.ndarray, plan: np.ndarray, horizon: np.ndarray, tool_scores: np.ndarray,
                vote: np.ndarray, vlm: np.ndarray, confidence: np.ndarray, tool_confidence: np.ndarray) -> Decision:
-        """``plan``: each row's path before the VLM (``paths_before_vlm``, decided by the horizon stage);
-        ``confidence``: the VLM's (NaN where not asked); ``tool_confidence``: the primary tool's own. In planner mode
-        a row planned for the VLM alone (route medium) escalates when the VLM's confidence is below kappa."""
+        """Rows of one task. ``plan``: each row's path before the VLM (``paths_before_vlm``, decided by the horizon
+        stage); ``confidence``: the VLM's (NaN where not asked); ``tool_confidence``: the primary tool's own. In
+        planner mode a row planned for the VLM alone (route medium) escalates when the VLM's confidence is below
+        kappa."""
         path = np.asarray(plan, dtype=object)
         kappa = self._per_task(task, lambda t: self.policy(t).kappa).astype(np.float64)
         escalated = (mode == "planner") & (path == "vlm") & (np.nan_to_num(confidence, nan=0.0) < kappa)
@@ -199,10 +227,16 @@ class Planner:
         agg_rows = path == "aggregate"
         for name in np.unique(task[agg_rows]) if agg_rows.any() else ():
             r = agg_rows & (task == name)
-            scores[r] = self.aggregator(name).logits(tool_scores[:, r], vote[r], vlm[r], confidence[r], horizon[r])
-            out_conf[r] = softmax_top(scores[r])
+            aggregator = self.aggregator(name)
+            logits = aggregator.logits(tool_scores[:, r], vote[r], vlm[r], confidence[r], horizon[r])
+            if aggregator.kind == "ctr":  # a calibrated click probability per candidate
+                scores[r] = np.where(np.isfinite(logits), 1 / (1 + np.exp(-np.nan_to_num(logits))), -np.inf)
+                out_conf[r] = np.nan_to_num(scores[r], neginf=0.0).max(axis=1)
+            else:
+                scores[r] = logits
+                out_conf[r] = softmax_top(logits)
 
-        consulted = np.zeros((rows, len(self.tools)), dtype=bool)
+        consulted = np.zeros((rows, tool_scores.shape[0]), dtype=bool)
         consulted[np.flatnonzero(tool_rows), primary] = True
         consulted[vote_rows | agg_rows] = True
         vlm_top = np.argmax(np.nan_to_num(vlm, nan=-1.0), axis=1)
@@ -212,10 +246,10 @@ class Planner:
 
     def _primary_index(self, task: np.ndarray) -> np.ndarray:
         def index(t: str) -> int:
-            if self.primary.get(t) not in self.tools:
+            if self.primary.get(t) not in self.tools_for(t):
                 raise ValueError(f"primary tool {self.primary.get(t)!r} of task {t!r} is not among the consulted "
-                                 f"tools {self.tools}")
-            return self.tools.index(self.primary[t])
+                                 f"tools {self.tools_for(t)}")
+            return self.tools_for(t).index(self.primary[t])
 
         return self._per_task(task, index).astype(np.int64)
 
@@ -231,12 +265,12 @@ class Planner:
 
     # -- persistence: the ``planner`` section of the bundle manifest
     def to_dict(self) -> dict:
-        return {"tools": self.tools, "policies": {t: dataclasses.asdict(p) for t, p in self.policies.items()}}
+        return {"tools_by_task": self.tools, "policies": {t: dataclasses.asdict(p) for t, p in self.policies.items()}}
 
     @classmethod
-    def from_manifest(cls, manifest: dict, primary: dict[str, str], tools: list[str], default: Policy) -> "Planner":
-        """The bundle's fitted planner; without one, ``default`` thresholds (the horizon's) and no aggregator."""
-        fitted = manifest.get("planner")
-        if fitted is None:
-            return cls(tools, primary, {}, default)
-        return cls(fitted["tools"], primary, {t: Policy(**p) for t, p in fitted["policies"].items()}, default)
+    def from_manifest(cls, manifest: dict, primary: dict[str, str], tools: dict[str, list[str]],
+                      default: Policy) -> "Planner":
+        """The bundle's fitted policies (``tools``: the consulted tools per task, ``Scoring.tools``); without a
+        fitted planner, ``default`` thresholds (the horizon's) and no aggregator."""
+        fitted = manifest.get("planner") or {}
+        return cls(tools, primary, {t: Policy(**p) for t, p in fitted.get("policies", {}).items()}, default)

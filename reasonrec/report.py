@@ -18,8 +18,11 @@ import pyarrow.compute as pc
 
 from reasonrec import storage
 from reasonrec.metrics import hit_and_ndcg
+from reasonrec.paper import published
 
 CUTOFF = 5
+METRIC = {"sequential": (f"HR@{CUTOFF}", f"NDCG@{CUTOFF}"), "direct": (f"HR@{CUTOFF}", f"NDCG@{CUTOFF}"),
+          "ctr": ("AUC", "LogLoss")}  # each task's two figures, the first the headline (cold start, sweep)
 logger = logging.getLogger(__name__)
 
 
@@ -94,7 +97,9 @@ def agreement_table(results: pa.Table, target: np.ndarray) -> dict | None:
             "tools_kept": cell(disagree & ~followed_vlm)}
 
 
-def cold_start(results: pa.Table, ranks: np.ndarray, data, groups: int) -> list[dict]:
+def cold_start(results: pa.Table, measure, data, groups: int) -> list[dict]:
+    """Users in ``groups`` equal groups by training interactions (paper Table 3), each with ``measure(rows)`` (the
+    task's metric over those result rows) and its tool usage."""
     from reasonrec.data.vocab import Vocab
 
     train = data.train
@@ -108,37 +113,76 @@ def cold_start(results: pa.Table, ranks: np.ndarray, data, groups: int) -> list[
             continue
         out.append({"group": g + 1, "users": int(len(rows)), "train_interactions": [int(frequency[rows].min()),
                                                                                    int(frequency[rows].max())],
-                    f"HR@{CUTOFF}": float((ranks[rows] < CUTOFF).mean()), "tool_usage": float(tools[rows].mean())})
+                    **measure(rows), "tool_usage": float(tools[rows].mean())})
     return out
 
 
+def task_quality(rows: pa.Table, target: np.ndarray, task: str):
+    """The task's metrics over the result rows, and the same over any subset of them (for the cold-start groups):
+    HR/NDCG@5 of the ranks for ranking tasks, AUC/LogLoss of the committed click probabilities for ctr."""
+    from reasonrec.evaluator import candidate_labels, ranks_from_results
+    from reasonrec.metrics import auc_and_logloss
+
+    users = _np(rows.column("user_id")).astype(object)
+    if task == "ctr":
+        parent, probability, clicked = candidate_labels(rows, users, target)
+
+        def measure(subset):
+            inside = np.isin(parent, subset)
+            return auc_and_logloss(clicked[inside], probability[inside])
+    else:
+        ranks = ranks_from_results(rows, users, target)
+
+        def measure(subset):
+            return {f"HR@{CUTOFF}": float((ranks[subset] < CUTOFF).mean())}
+    overall = auc_and_logloss(clicked, probability) if task == "ctr" else hit_and_ndcg(ranks, ks=[CUTOFF])
+    return overall, measure
+
+
 def single_tools(data, bundle, results: pa.Table, task: str, split: str) -> dict:
-    """HR/NDCG@5 of every tool of the bundle alone, on the users the runs answered."""
+    """HR/NDCG@5 (ctr: AUC/LogLoss) of every tool of the bundle for the task alone, on the users the runs
+    answered."""
     from reasonrec.data.prepared import EvalSet
     from reasonrec.data.vocab import Vocab
     from reasonrec.evaluator import evaluate, tool_scorer
 
+    if task == "ctr":
+        return single_ctr_tools(data, bundle, results, split)
     evalset = data.eval_set(split)
     rows = Vocab(evalset.history.user_ids).index(_np(results.column("user_id")))
     rows = np.sort(rows[rows >= 0])
     subset = EvalSet(evalset.history.select(rows), evalset.target[rows],
                      None if evalset.candidates is None else evalset.candidates[rows])
     return {name: {k: v for k, v in evaluate(tool_scorer(bundle.load_tool(name)), subset, task).items()
-                   if k.endswith(f"@{CUTOFF}")} for name in bundle.tool_names}
+                   if k.endswith(f"@{CUTOFF}")} for name in bundle.tools_for(task)}
+
+
+def single_ctr_tools(data, bundle, results: pa.Table, split: str) -> dict:
+    import torch
+
+    from reasonrec.metrics import auc_and_logloss
+
+    rows = data.ctr_set(split)
+    rows = rows.select(np.flatnonzero(np.isin(rows.history.user_ids, _np(results.column("user_id")))))
+    out = {}
+    for name in bundle.tools_for("ctr"):
+        with torch.no_grad():
+            probability = torch.sigmoid(bundle.load_tool(name).logits_of(rows.history, rows.items)).numpy()
+        out[name] = auc_and_logloss(rows.labels, probability)
+    return out
 
 
 def sweep(data, bundle, task: str, config: ReportConfig) -> dict:
     """Every plan of the fitting grid replayed on the split (deployed tools, the VLM on every sampled row)."""
     from reasonrec.batch.config import ScoreConfig
     from reasonrec.batch.context import Scoring
-    from reasonrec.train.planner import plan_grid, ranks_by_answerer, replay, signals
+    from reasonrec.train.planner import plan_grid, quality_by_answerer, replay, signals
     from reasonrec.vlm.deliberator import DeliberatorConfig
 
     fitted = bundle.manifest.get("planner", {})  # the primary tools it was fitted with come from the bundle
     score = ScoreConfig(shortlist=fitted.get("shortlist", 20), deliberator=DeliberatorConfig(backend=config.backend))
     table, target = signals(data, bundle, score, config.split, task, config.sweep_users)
-    ranks = ranks_by_answerer(table, target, bundle, score)
-    hits = {a: (r < CUTOFF).astype(np.float64) for a, r in ranks.items()}
+    hits = quality_by_answerer(table, target, bundle, score, task)
     horizon = _np(table.column("horizon")).astype(np.float64)
     confidence = _np(pc.fill_null(table.column("vlm_confidence"), np.nan)).astype(np.float64)
     plans = plan_grid(horizon, confidence, 11)
@@ -201,32 +245,34 @@ def write_report(run_uris: list[str], data_uri: str, out: str | None = None, con
         runs[mode] = (manifest, results)
     bundle = Bundle(bundle_uri or next(iter(runs.values()))[0]["bundle"])
     tasks = sorted({t for _, r in runs.values() for t in _np(r.column("task")).astype(str)}
-                   & {"sequential", "direct"})
-    report = {"split": config.split, "bundle": bundle.version, "tasks": {}}
+                   & {"sequential", "direct", "ctr"})
+    dataset = data.meta["dataset"]
+    report = {"split": config.split, "bundle": bundle.version, "dataset": dataset, "tasks": {}}
     for task in tasks:
-        section = {"modes": {}, "routes": {}, "agreement": {}, "cold_start": {}}
+        section = {"metric": METRIC[task], "modes": {}, "routes": {}, "agreement": {}, "cold_start": {}}
         for mode, (manifest, results) in runs.items():
-            from reasonrec.evaluator import ranks_from_results
-
             rows = results.filter(pc.equal(results.column("task"), task))
+            if not rows.num_rows:
+                continue
             users = _np(rows.column("user_id")).astype(object)
-            target = target_items(data, config.split, users)
-            ranks = ranks_from_results(rows, users, target)
+            target = target_items(data, config.split, users)  # ctr: the click among the candidates
+            overall, measure = task_quality(rows, target, task)
             vlm = _np(rows.column("vlm_called")).astype(bool)
             tools = _np(pc.fill_null(pc.list_value_length(rows.column("tools")), 0))
             section["modes"][mode] = {
-                **hit_and_ndcg(ranks, ks=[CUTOFF]), "rows": rows.num_rows, "vlm_calls": int(vlm.sum()),
+                **overall, "rows": rows.num_rows, "vlm_calls": int(vlm.sum()),
                 "tool_calls": int(tools.sum()), "tool_usage": float((tools > 0).mean()),
                 "override_rate": float(_np(rows.column("overrode")).mean()),
                 "latency_mean_ms": float(_np(rows.column("latency_ms")).mean()),
                 "users_per_s": manifest["users_per_s"], "run": f"{manifest['output']} ({manifest['run_id']})"}
             section["routes"][mode] = route_table(rows)
-            section["agreement"][mode] = agreement_table(rows, target)
-            section["cold_start"][mode] = cold_start(rows, ranks, data, config.groups)
-        any_rows = next(iter(runs.values()))[1]
+            section["agreement"][mode] = None if task == "ctr" else agreement_table(rows, target)
+            section["cold_start"][mode] = cold_start(rows, measure, data, config.groups)
+        any_rows = next(r for _, r in runs.values() if task in set(_np(r.column("task"))))
         section["single_tools"] = single_tools(data, bundle, any_rows.filter(pc.equal(any_rows.column("task"), task)),
                                                task, config.split)
-        if config.sweep_users:
+        section["paper"] = published(dataset, task)
+        if config.sweep_users and task != "ctr":
             section["sweep"] = sweep(data, bundle, task, config)
         report["tasks"][task] = section
         logger.info(f"report: {task} done")
@@ -252,23 +298,34 @@ def _f(v, digits=4) -> str:
 def render_markdown(report: dict) -> str:
     lines = [f"# ReasonRec run report ({report['split']} split, bundle {report['bundle']})", ""]
     for task, s in report["tasks"].items():
-        lines += [f"## {task}", "", f"| mode | rows | HR@{CUTOFF} | NDCG@{CUTOFF} | VLM calls | tool calls "
+        first, second = s["metric"]
+        lines += [f"## {task}", "", f"| mode | rows | {first} | {second} | VLM calls | tool calls "
                   "| tool usage | VLM overrides | ms/row | users/s |", "|---|---|---|---|---|---|---|---|---|---|"]
         for mode, m in s["modes"].items():
-            lines.append(f"| {mode} | {m['rows']} | {_f(m[f'HR@{CUTOFF}'])} | {_f(m[f'NDCG@{CUTOFF}'])} | "
+            lines.append(f"| {mode} | {m['rows']} | {_f(m[first])} | {_f(m[second])} | "
                          f"{m['vlm_calls']} | {m['tool_calls']} | {m['tool_usage']:.1%} | {m['override_rate']:.1%} | "
                          f"{m['latency_mean_ms']:.2f} | {m['users_per_s']} |")
         for name, m in s["single_tools"].items():
-            lines.append(f"| tool {name} alone | | {_f(m[f'HR@{CUTOFF}'])} | {_f(m[f'NDCG@{CUTOFF}'])} | 0 | | | | | |")
+            lines.append(f"| tool {name} alone | | {_f(m[first])} | {_f(m[second])} | 0 | | | | | |")
+        if s.get("paper"):
+            lines += ["", f"### Beside the paper ({'Table 2' if task == 'ctr' else 'Table 1'}, "
+                      f"{report.get('dataset')}; its rows as published)", "",
+                      f"| method | {first} | {second} | source |", "|---|---|---|---|"]
+            lines += [f"| {mode} | {_f(m[first])} | {_f(m[second])} | measured here |"
+                      for mode, m in s["modes"].items()]
+            lines += [f"| {name} | {_f(m[first])} | {_f(m[second])} | measured here (tool alone) |"
+                      for name, m in s["single_tools"].items()]
+            lines += [f"| {name} | {m[first]:.4f} | {m[second]:.4f} | paper |" for name, m in s["paper"].items()]
         lines += ["", "### Routes", "",
                   "| mode | route | share | VLM calls | tool calls | escalated | mean ms | p95 ms |",
                   "|---|---|---|---|---|---|---|---|"]
         for mode, rows in s["routes"].items():
             lines += [f"| {mode} | {r['route']} | {r['share']:.1%} | {r['vlm_calls']} | {r['tool_calls']} | "
                       f"{r['escalated']} | {r['latency_mean_ms']:.2f} | {r['latency_p95_ms']:.2f} |" for r in rows]
-        lines += ["", "### Agreement and overrides (rows where the VLM and the tools both answered; right = top 1)", "",
-                  "| mode | case | rows | share | final right | VLM right | tools right |",
-                  "|---|---|---|---|---|---|---|"]
+        if any(s["agreement"].values()):
+            lines += ["", "### Agreement and overrides (rows where the VLM and the tools both answered; right = top 1)",
+                      "", "| mode | case | rows | share | final right | VLM right | tools right |",
+                      "|---|---|---|---|---|---|---|"]
         for mode, a in s["agreement"].items():
             if a is None:
                 continue
@@ -276,13 +333,13 @@ def render_markdown(report: dict) -> str:
                 c = a[case]
                 lines.append(f"| {mode} | {case} | {c['rows']} | {c['share']:.1%} | {_f(c['final_right'])} | "
                              f"{_f(c['vlm_right'])} | {_f(c['tools_right'])} |")
-        lines += ["", f"### Cold start: users in ten groups by training interactions (HR@{CUTOFF} / tool usage)", ""]
+        lines += ["", f"### Cold start: users in ten groups by training interactions ({first} / tool usage)", ""]
         modes = list(s["cold_start"])
         lines += ["| group | interactions | " + " | ".join(modes) + " |", "|---|---|" + "---|" * len(modes)]
-        for g, first in enumerate(s["cold_start"][modes[0]]):
-            cells = [f"{_f(s['cold_start'][m][g][f'HR@{CUTOFF}'])} / {s['cold_start'][m][g]['tool_usage']:.0%}"
+        for g, group in enumerate(s["cold_start"][modes[0]]):
+            cells = [f"{_f(s['cold_start'][m][g][first])} / {s['cold_start'][m][g]['tool_usage']:.0%}"
                      for m in modes]
-            lines.append(f"| {first['group']} | {first['train_interactions'][0]}-{first['train_interactions'][1]} | "
+            lines.append(f"| {group['group']} | {group['train_interactions'][0]}-{group['train_interactions'][1]} | "
                          + " | ".join(cells) + " |")
         if "sweep" in s:
             sw = s["sweep"]

@@ -90,34 +90,33 @@ def synthetic_data(synthetic_raw, tmp_path_factory):
     return prepared.PreparedData(out)
 
 
-SMALL_TOOLS = {"sasrec": {"batch_size": 64, "lr": 3e-3, "epochs": 6}, "lightgcn": {"batch_size": 512, "epochs": 6}}
+SMALL_TOOLS = {"sasrec": {"batch_size": 64, "lr": 3e-3, "epochs": 6}, "lightgcn": {"batch_size": 512, "epochs": 6},
+               "dcnv2": {"batch_size": 512, "lr": 1e-2, "epochs": 8}}
 
 
 @pytest.fixture(scope="session")
 def bundle_uri(synthetic_data, s3_endpoint):
-    """A small committed bundle (SASRec + LightGCN, trained in-process) on the S3 server."""
+    """A small committed bundle (SASRec + LightGCN for ranking, DCNv2 for ctr; trained in-process) on the S3
+    server."""
     import tempfile
 
     import torch
 
     from reasonrec.bundle import BundleWriter
     from reasonrec.horizon import HorizonConfig
-    from reasonrec.tools import make_config, tool_class
     from reasonrec.train.loop import fit
-    from reasonrec.train.tools import add_data_files
+    from reasonrec.train.tools import add_data_files, build_tool
 
     torch.manual_seed(0)
     uri = "s3://reasonrec-test/nightly/bundle"
     with BundleWriter(uri) as writer, tempfile.TemporaryDirectory() as tmp:
         for name, overrides in SMALL_TOOLS.items():
-            tool = tool_class(name)(make_config(name, overrides), synthetic_data.n_items,
-                                    synthetic_data.train.user_ids)
-            fit(tool, synthetic_data.train, synthetic_data.eval_set("valid"),
-                refit_on=synthetic_data.train_and_valid,
-                holdout=lambda t, name=name: t.save(f"{tmp}/{name}/holdout"))
+            tool, train, valid, refit_on = build_tool(name, overrides, synthetic_data)
+            fit(tool, train, valid, refit_on=refit_on, holdout=lambda t, name=name: t.save(f"{tmp}/{name}/holdout"))
             tool.save(f"{tmp}/{name}")
-            writer.add_tool(name, f"{tmp}/{name}", {})
+            writer.add_tool(name, f"{tmp}/{name}", {}, tool.tasks)
         add_data_files(writer, synthetic_data, HorizonConfig())
+        writer.update(primary={"sequential": "sasrec", "direct": "lightgcn", "ctr": "dcnv2"})
         writer.commit()
     return uri
 

@@ -20,7 +20,8 @@ class ScoreConfig:
     primary: dict = dataclasses.field(default_factory=dict)
     tools: tuple[str, ...] = ()  # consulted tools; empty: the fitted planner's, else every tool in the bundle
     shortlist: int = 20  # candidates the VLM ranks: the tools' majority-vote top N (or the request's)
-    template: str = "sequential-01"  # the listing template the VLM is asked with
+    template: str = "sequential-01"  # the listing template the VLM is asked with (sequential, direct)
+    ctr_template: str = "ctr-01"  # the yes/no template it is asked with about each candidate of a ctr request
     deliberator: DeliberatorConfig = dataclasses.field(default_factory=DeliberatorConfig)
     vlm_actors: int = 1
     vlm_batch_size: int = 64  # rows per VLM-actor call (the backend batches inside it)

@@ -11,9 +11,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from reasonrec.batch.columns import appended, padded
+from reasonrec.batch.columns import appended, padded, strings
 from reasonrec.batch.context import Scoring
-from reasonrec.batch.stream import ANSWER, ANSWER_COLUMNS
+from reasonrec.batch.stream import ANSWER, ANSWER_COLUMNS, accepted
 from reasonrec.data import schemas
 from reasonrec.data.vocab import Vocab
 
@@ -25,18 +25,19 @@ class PlannerStage:
         self.vocab, self.planner, self.version = scoring.vocab, scoring.planner, scoring.bundle.version
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        if batch.column("error").null_count == batch.num_rows and batch.num_rows:
-            return self.answer(batch)
-        ok = batch.column("error").is_null()
-        parts = [_without_answers(batch.filter(pc.invert(ok)))]
-        valid = batch.filter(ok)
-        if valid.num_rows:
-            parts.append(self.answer(valid))
+        task = strings(batch.column("task"))
+        ok = accepted(batch)
+        if batch.num_rows and ok.all() and (task == task[0]).all():  # e.g. a served request: no regrouping
+            return self.answer(batch, task[0])
+        parts = [_without_answers(batch.filter(pa.array(~ok)))]
+        for name in np.unique(task[ok]):  # each task has its own consulted tools (the T axis of tool_scores)
+            parts.append(self.answer(batch.filter(pa.array(ok & (task == name))), name))
         return pa.concat_tables(parts)
 
-    def answer(self, batch: pa.Table) -> pa.Table:
+    def answer(self, batch: pa.Table, task_name: str) -> pa.Table:
+        """Rows of one task."""
         start = time.perf_counter()
-        n, tools = self.shortlist, self.planner.tools
+        n, tools = self.shortlist, self.planner.tools_for(task_name)
         rows = batch.num_rows
         task = batch.column("task").to_numpy(zero_copy_only=False).astype(object)
         plan = batch.column("plan").to_numpy(zero_copy_only=False).astype(object)
@@ -46,7 +47,7 @@ class PlannerStage:
         pool = padded(batch.column("pool"), fill=-1, to=index)
         pool_scores = padded(batch.column("pool_scores"), pool.shape[1], fill=-np.inf)
         tool_scores = padded(batch.column("tool_scores"), len(tools) * n).reshape(rows, len(tools), n)
-        tool_scores = np.nan_to_num(tool_scores.transpose(1, 0, 2), nan=-np.inf)
+        tool_scores = np.nan_to_num(tool_scores.transpose(1, 0, 2), nan=-np.inf, neginf=-np.inf)
         if "vlm_scores" in batch.column_names:
             vlm = padded(batch.column("vlm_scores"), n)
             vlm_conf = pc.fill_null(batch.column("vlm_confidence"), np.nan).to_numpy(zero_copy_only=False)

@@ -17,7 +17,8 @@ def list_array(offsets: np.ndarray, values) -> pa.ListArray:
 def requests_for_split(data: PreparedData, split: str, task: str, k: int, seed: int = 0) -> pa.Table:
     """One request per evaluated user of ``split``, with the history that split's evaluation sees.
 
-    Direct requests carry the split's 1 + N candidates, shuffled per user so that position gives nothing away.
+    Direct requests carry the split's 1 + N candidates, ctr requests the split's CTR rows of the user (the click and
+    its sampled non-clicks, ``reasonrec.data.ctr``), each shuffled per user so that position gives nothing away.
     """
     evalset = data.eval_set(split)
     history = evalset.history
@@ -29,13 +30,31 @@ def requests_for_split(data: PreparedData, split: str, task: str, k: int, seed: 
         "history": list_array(history.offsets, data.item_vocab.lookup(history.items)),
     }
     if task in ("direct", "ctr"):
-        cand = evalset.candidates
+        cand = evalset.candidates if task == "direct" else ctr_candidates(data, split, history.user_ids)
         order = np.argsort(np.random.default_rng(seed).random(cand.shape), axis=1)
         cand = np.take_along_axis(cand, order, axis=1)
         present = cand > 0
         offsets = np.concatenate([[0], np.cumsum(present.sum(axis=1))])
         columns["candidates"] = list_array(offsets, data.item_vocab.lookup(cand[present]))
     return pa.table(columns, schema=schemas.REQUESTS)
+
+
+def ctr_candidates(data: PreparedData, split: str, users: np.ndarray) -> np.ndarray:
+    """(users, candidates) item indices of each user's CTR rows of ``split``, click first; -1 pads."""
+    from reasonrec.data.vocab import Vocab
+
+    rows = data.table("ctr").filter(pc.equal(pc.field("split"), split))
+    owner = Vocab(users).index(rows.column("user_id"))
+    items = data.item_vocab.index(rows.column("item_id"))
+    label = rows.column("label").to_numpy()
+    order = np.lexsort((-label, owner))  # by user, the click first
+    owner, items = owner[order], items[order]
+    keep = owner >= 0
+    owner, items = owner[keep], items[keep]
+    counts = np.bincount(owner, minlength=len(users))
+    out = np.full((len(users), max(int(counts.max(initial=0)), 1)), -1, dtype=np.int64)
+    out[owner, np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts)] = items
+    return out
 
 
 def make_requests(data: PreparedData, split: str = "test", tasks: tuple[str, ...] = ("sequential", "direct"),

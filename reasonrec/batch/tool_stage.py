@@ -28,8 +28,9 @@ class ToolStage:
         """``holdout``: the tools as they were before their refit on the validation items (fit-planner)."""
         torch.set_num_threads(scoring.config.torch_threads)
         self.vocab, self.shortlist, self.primary = scoring.vocab, scoring.config.shortlist, scoring.primary
-        self.names = scoring.tools
-        self.tools: dict[str, Tool] = {name: scoring.bundle.load_tool(name, holdout) for name in self.names}
+        self.names = {task: scoring.tools_for(task) for task in self.primary}
+        used = sorted({name for names in self.names.values() for name in names})
+        self.tools: dict[str, Tool] = {name: scoring.bundle.load_tool(name, holdout) for name in used}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         ok, task = accepted(batch), strings(batch.column("task"))
@@ -50,23 +51,31 @@ class ToolStage:
         start = time.perf_counter()
         history = history_sequences(batch, self.vocab)
         primary_name = self.primary[task]
-        names = [primary_name] if primary_only else self.names
-        raw = {name: self.tools[name].score(history) for name in names}
-        vote = None if primary_only else majority_vote(raw.values())
+        names = [primary_name] if primary_only else self.names[task]
         k = torch.from_numpy(batch.column("k").to_numpy().astype(np.int64))
+        eligible = None if task == "sequential" else _candidate_matrix(batch.column("candidates"), self.vocab)
+        if task == "ctr":  # click logits of the candidates, laid out over the catalogue like the ranking tools'
+            raw = {name: _over_catalogue(self.tools[name].score_candidates(history, eligible), eligible,
+                                         len(self.vocab) + 1) for name in names}
+            # The CTR vote is the mean click probability: calibrated tools give a calibrated mean.
+            vote = None if primary_only else torch.stack([torch.sigmoid(s) for s in raw.values()]).mean(dim=0)
+        else:
+            raw = {name: self.tools[name].score(history) for name in names}
+            vote = None if primary_only else majority_vote(raw.values())
         if task == "sequential":
             for scores in (*raw.values(), *([] if vote is None else [vote])):
                 exclude_seen(scores, history)
-            eligible = None
-        else:
-            eligible = _candidate_matrix(batch.column("candidates"), self.vocab)
         primary = raw[primary_name]
         primary_values, primary_items = _top(primary, eligible, int(k.max()))
-        eligible_scores = primary if eligible is None else primary.gather(1, eligible.clamp(min=0)).masked_fill(
-            eligible < 0, float("-inf"))
-        confidence = torch.exp(primary_values[:, 0] - torch.logsumexp(eligible_scores, dim=1)).nan_to_num(0.0)
+        if task == "ctr":  # route low answers with the CTR tool's click probabilities
+            primary_values = torch.sigmoid(primary_values)
+            confidence = primary_values[:, 0]
+        else:
+            eligible_scores = primary if eligible is None else primary.gather(1, eligible.clamp(min=0)).masked_fill(
+                eligible < 0, float("-inf"))
+            confidence = torch.exp(primary_values[:, 0] - torch.logsumexp(eligible_scores, dim=1)).nan_to_num(0.0)
         rows = batch.num_rows
-        within_k = _within_k(primary_values, k)
+        within_k = _within_k(primary_values, k) & (primary_items >= 0)
         columns = {
             "primary_items": _lists(primary_items, within_k, self.vocab),
             "primary_scores": _lists(primary_values, within_k),
@@ -119,6 +128,14 @@ def _lists(matrix: torch.Tensor, keep: torch.Tensor, vocab: Vocab | None = None)
     kept = matrix[keep].numpy()
     values = pa.array(vocab.lookup(kept), pa.string()) if vocab else pa.array(kept, pa.float32())
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
+
+
+def _over_catalogue(scores: torch.Tensor, eligible: torch.Tensor, width: int) -> torch.Tensor:
+    """(R, C) candidate scores as (R, width) catalogue scores, -inf where an item is not a candidate."""
+    out = torch.full((scores.shape[0], width), float("-inf"))
+    rows, cols = torch.nonzero(eligible >= 0, as_tuple=True)
+    out[rows, eligible[rows, cols]] = scores[rows, cols]
+    return out
 
 
 def _candidate_matrix(candidates: pa.ChunkedArray, vocab: Vocab) -> torch.Tensor:

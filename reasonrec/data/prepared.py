@@ -1,6 +1,6 @@
-"""Prepared data: contract tables + leave-one-out split + sampled candidates, in one folder or prefix.
+"""Prepared data: contract tables + leave-one-out split + sampled candidates + CTR rows, in one folder or prefix.
 
-Layout under OUT: interactions/items/train/valid/test/candidates ``.parquet`` and ``meta.json``,
+Layout under OUT: interactions/items/train/valid/test/candidates/ctr ``.parquet`` and ``meta.json``,
 written last: a folder without ``meta.json`` is an unfinished write and is refused.
 """
 from __future__ import annotations
@@ -13,65 +13,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from reasonrec import storage
-from reasonrec.data import schemas, split
+from reasonrec.data import ctr, schemas, split
 from reasonrec.data.loaders import RawDataset
+from reasonrec.data.sequences import Sequences
 from reasonrec.data.vocab import Vocab
 
-TABLES = ("interactions", "items", "train", "valid", "test", "candidates")
-
-
-@dataclass
-class Sequences:
-    """Per-user item-index sequences in CSR form (time order)."""
-
-    user_ids: np.ndarray  # (U,) object
-    offsets: np.ndarray  # (U + 1,) int64
-    items: np.ndarray  # (N,) int64, 1-based item indices
-
-    @classmethod
-    def from_table(cls, table: pa.Table, item_vocab: Vocab) -> "Sequences":
-        table = split.sort_interactions(table)
-        pos, _ = split.positions(table)
-        starts = np.flatnonzero(pos == 0)
-        users = table.column("user_id").to_numpy(zero_copy_only=False)[starts]
-        offsets = np.concatenate([starts, [table.num_rows]]).astype(np.int64)
-        return cls(users, offsets, item_vocab.index(table.column("item_id")))
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-    def __len__(self) -> int:
-        return len(self.user_ids)
-
-    def padded(self, rows: np.ndarray, max_len: int) -> np.ndarray:
-        """Last ``max_len`` items of each selected user, left-padded with 0, width = longest selected."""
-        lengths = np.minimum(self.lengths[rows], max_len)
-        width = max(int(lengths.max(initial=0)), 1)
-        out = np.zeros((len(rows), width), dtype=np.int64)
-        col = np.arange(width)[None, :] - (width - lengths)[:, None]  # index into each tail, <0 = pad
-        src = (self.offsets[rows + 1] - lengths)[:, None] + col
-        mask = col >= 0
-        out[mask] = self.items[src[mask]]
-        return out
-
-    def concat(self, other_items: np.ndarray) -> "Sequences":
-        """Append one item to every user (e.g. the validation item before testing)."""
-        lengths = self.lengths + 1
-        offsets = np.concatenate([[0], np.cumsum(lengths)])
-        items = np.empty(offsets[-1], dtype=np.int64)
-        is_new = np.zeros(offsets[-1], dtype=bool)
-        is_new[offsets[1:] - 1] = True
-        items[~is_new] = self.items
-        items[is_new] = other_items
-        return Sequences(self.user_ids, offsets, items)
-
-    def select(self, rows: np.ndarray) -> "Sequences":
-        lengths = self.lengths[rows]
-        offsets = np.concatenate([[0], np.cumsum(lengths)])
-        starts = np.repeat(self.offsets[rows], lengths)
-        within = np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths)
-        return Sequences(self.user_ids[rows], offsets, self.items[starts + within])
+TABLES = ("interactions", "items", "train", "valid", "test", "candidates", "ctr")
 
 
 @dataclass
@@ -92,6 +39,7 @@ def prepare(raw: RawDataset, out_uri: str, *, min_len: int = 3, n_negatives: int
         split.sample_candidates(interactions, parts[name], catalogue, name, n_negatives=n_negatives, seed=seed)
         for name in ("valid", "test")
     ])
+    clicks = ctr.sample_ctr(interactions, catalogue, min_len=min_len, seed=seed)
     meta = {
         "dataset": raw.name,
         "users": pc.count_distinct(interactions.column("user_id")).as_py(),
@@ -102,9 +50,11 @@ def prepare(raw: RawDataset, out_uri: str, *, min_len: int = 3, n_negatives: int
         "n_negatives": n_negatives,
         "seed": seed,
         "fingerprint": _fingerprint(interactions),
+        "ctr_rows": {name: int(n) for name, n in zip(*np.unique(clicks.column("split").to_numpy(zero_copy_only=False),
+                                                                 return_counts=True))},
     }
     storage.delete(storage.join(out_uri, "meta.json"))
-    tables = {"interactions": interactions, "items": items, **parts, "candidates": candidates}
+    tables = {"interactions": interactions, "items": items, **parts, "candidates": candidates, "ctr": clicks}
     for name, table in tables.items():
         storage.write_parquet(table, storage.join(out_uri, f"{name}.parquet"))
     storage.write_json(storage.join(out_uri, "meta.json"), meta)
@@ -146,7 +96,11 @@ class PreparedData:
         if name not in TABLES:
             raise KeyError(name)
         if name not in self._tables:
-            self._tables[name] = storage.read_parquet(storage.join(self.uri, f"{name}.parquet"))
+            try:
+                self._tables[name] = storage.read_parquet(storage.join(self.uri, f"{name}.parquet"))
+            except FileNotFoundError:
+                raise FileNotFoundError(f"{self.uri}: no {name}.parquet (prepared by an older version: run "
+                                        "`reasonrec prepare` again)") from None
         return self._tables[name]
 
     @cached_property
@@ -191,3 +145,28 @@ class PreparedData:
         col = 1 + np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         matrix[row, col] = self.item_vocab.index(negatives.flatten())
         return EvalSet(history=history, target=self.item_vocab.index(targets.column("item_id")), candidates=matrix)
+
+    @cached_property
+    def item_features(self) -> ctr.ItemFeatures:
+        return ctr.ItemFeatures.from_items(self.table("items"), self.item_vocab)
+
+    def ctr_set(self, name: str) -> ctr.CTRSet:
+        """The CTR rows of split ``name`` (train, valid, test), each with the history its prefix gives."""
+        rows = self.table("ctr").filter(pc.equal(pc.field("split"), name))
+        if rows.num_rows == 0:
+            raise ValueError(f"{self.uri}: no CTR rows for split {name!r}")
+        everything = self.purchases  # every evaluated user's purchases, in time order
+        user = Vocab(everything.user_ids).index(rows.column("user_id"))
+        prefix = rows.column("prefix").to_numpy().astype(np.int64)
+        offsets = np.concatenate([[0], np.cumsum(prefix)])
+        starts = np.repeat(everything.offsets[user], prefix)
+        within = np.arange(offsets[-1]) - np.repeat(offsets[:-1], prefix)
+        history = Sequences(rows.column("user_id").to_numpy(zero_copy_only=False), offsets,
+                            everything.items[starts + within])
+        return ctr.CTRSet(history, self.item_vocab.index(rows.column("item_id")),
+                          rows.column("label").to_numpy().astype(np.float32), self.item_features)
+
+    @cached_property
+    def purchases(self) -> Sequences:
+        """Every user's purchases in time order (train + valid + test)."""
+        return Sequences.from_table(self.table("interactions"), self.item_vocab)

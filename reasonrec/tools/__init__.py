@@ -1,5 +1,7 @@
 """The tool repository: classical recommenders behind one interface (see ``base.Tool``)."""
-from reasonrec.tools import bprmf, gru4rec, lightgcn, popularity, sasrec  # noqa: F401  (registration)
+from reasonrec.tools import (  # noqa: F401  (registration)
+    bprmf, dcnv2, gru4rec, lightgcn, lightsans, nextitnet, popularity, sasrec, xdeepfm,
+)
 from reasonrec.tools.base import (
     REGISTRY,
     Tool,

@@ -63,6 +63,8 @@ class Tool(nn.Module):
     name: ClassVar[str]
     Config: ClassVar[type[ToolConfig]] = ToolConfig
     trainable: ClassVar[bool] = True
+    tasks: ClassVar[tuple[str, ...]] = ("sequential", "direct")  # the requests it answers (ranks the catalogue)
+    selection: ClassVar[str] = "NDCG@10"  # the validation figure that picks the best epoch (higher is better)
 
     def __init__(self, config: ToolConfig, n_items: int, user_ids: np.ndarray | None = None):
         super().__init__()

@@ -20,7 +20,8 @@ logger = logging.getLogger(__name__)
 def fit(tool: Tool, train: Sequences, valid: EvalSet | None = None, *, refit_on: Sequences | None = None,
         module: nn.Module | None = None, shard: tuple[int, int] = (0, 1),
         holdout: Callable[[Tool], None] | None = None) -> dict:
-    """Train ``tool`` on ``train``; early-stop on validation NDCG@10 and keep the best weights.
+    """Train ``tool`` on ``train``; early-stop on its validation ``selection`` figure (NDCG@10 for ranking tools, AUC
+    for CTR tools) and keep the best weights.
 
     With ``tool.config.refit`` and ``refit_on`` (train + validation interactions), the chosen number of epochs is
     then rerun from the initial weights on ``refit_on``; ``holdout(tool)`` sees the model before that refit (one
@@ -54,7 +55,8 @@ def fit(tool: Tool, train: Sequences, valid: EvalSet | None = None, *, refit_on:
 def _train(tool, module, train, valid, epochs, rng) -> dict:
     cfg = tool.config
     optimizer = torch.optim.Adam(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    best, best_state, stale = {"epoch": 0, "NDCG@10": -1.0}, None, 0
+    key = tool.selection
+    best, best_state, stale = {"epoch": 0, key: -float("inf")}, None, 0
     for epoch in range(1, epochs + 1):
         start, losses = time.perf_counter(), []
         module.train()
@@ -68,8 +70,8 @@ def _train(tool, module, train, valid, epochs, rng) -> dict:
         metrics = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else 0.0}
         if valid is not None and (epoch % cfg.eval_every == 0 or epoch == epochs):
             tool.eval()
-            metrics.update(evaluate(tool.score, valid, cfg.val_task))
-            if metrics["NDCG@10"] > best["NDCG@10"]:
+            metrics.update(validation(tool, valid))
+            if metrics[key] > best[key]:
                 best, best_state, stale = dict(metrics), copy.deepcopy(tool.state_dict()), 0
             else:
                 stale += 1
@@ -82,6 +84,11 @@ def _train(tool, module, train, valid, epochs, rng) -> dict:
     if best_state is not None:
         tool.load_state_dict(best_state)
     return best if valid is not None else {"epoch": epochs}
+
+
+def validation(tool: Tool, valid) -> dict:
+    """A tool's validation figures, ``tool.selection`` among them: its own (CTR tools), else the ranking evaluator."""
+    return tool.validate(valid) if hasattr(tool, "validate") else evaluate(tool.score, valid, tool.config.val_task)
 
 
 def _common_count(n_batches: int) -> int:

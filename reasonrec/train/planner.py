@@ -25,11 +25,14 @@ logger = logging.getLogger(__name__)
 
 ANSWERERS = ("tool", "vote", "vlm", "aggregate")
 CUTOFF = 5  # HR@5 / NDCG@5 decide
+# What a plan is judged by on validation, per row: a hit in the top 5 for the ranking tasks, the mean log-likelihood
+# of the candidates' click labels for ctr (its answers are probabilities: calibration counts, not only the order).
+QUALITY = {"sequential": f"HR@{CUTOFF}", "direct": f"HR@{CUTOFF}", "ctr": "LogLik"}
 
 
 @dataclasses.dataclass
 class FitPlannerConfig:
-    tasks: tuple[str, ...] = ("sequential", "direct")
+    tasks: tuple[str, ...] = ()  # empty: every task the bundle has tools for (sequential, direct; ctr with CTR tools)
     users: int = 0  # validation users per task (0: all of them)
     tolerance: float = 0.01  # relative HR@5 a cheaper plan may give up against the best plan on validation
     grid: int = 11  # tau candidates: quantiles of the validation horizon
@@ -68,12 +71,12 @@ def signals(data, bundle, config: ScoreConfig, split: str, task: str, users: int
     return table, target
 
 
-def ranks_by_answerer(table: pa.Table, target: np.ndarray, bundle, config: ScoreConfig,
-                      planner: Planner | None = None) -> dict[str, np.ndarray]:
-    """0-based rank of each row's target when the row is answered by each of ANSWERERS (the job's ranking code);
+def quality_by_answerer(table: pa.Table, target: np.ndarray, bundle, config: ScoreConfig, task: str,
+                        planner: Planner | None = None) -> dict[str, np.ndarray]:
+    """Per row, the ``QUALITY`` of its answer when each of ANSWERERS answers it (the job's own planner stage);
     ``planner`` replaces the bundle's (while fitting it)."""
     from reasonrec.batch.planner_stage import PlannerStage
-    from reasonrec.evaluator import ranks_from_results
+    from reasonrec.evaluator import ctr_loglik, ranks_from_results
 
     # The mode only matters for escalation, which none of these replays wants: every row is answered by one answerer.
     modes = {"tool": "tools-only", "vote": "tools-only", "vlm": "vlm-only", "aggregate": "vlm+tools-always"}
@@ -85,7 +88,11 @@ def ranks_by_answerer(table: pa.Table, target: np.ndarray, bundle, config: Score
                                 pa.array(np.full(table.num_rows, answerer), pa.string()))
         stage = PlannerStage(scoring, mode=mode)
         stage.planner = planner or stage.planner
-        out[answerer] = ranks_from_results(stage(rows), users, target)
+        answered = stage(rows)
+        if task == "ctr":
+            out[answerer] = ctr_loglik(answered, users, target)
+        else:
+            out[answerer] = (ranks_from_results(answered, users, target) < CUTOFF).astype(np.float64)
     return out
 
 
@@ -121,8 +128,10 @@ def plan(plans: dict[str, np.ndarray], i: int) -> dict:
 
 
 def choose(quality: np.ndarray, share: np.ndarray, tolerance: float) -> int:
-    """The cheapest plan within ``tolerance`` (relative) of the best; ties go to the better plan."""
-    good = quality >= quality.max() * (1 - tolerance) - 1e-12
+    """The cheapest plan within ``tolerance`` (relative) of the best; ties go to the better plan. Relative to the
+    best's magnitude, so that it also holds for a log-likelihood (negative, higher is better)."""
+    best = quality.max()
+    good = quality >= best - tolerance * abs(best) - 1e-12
     candidates = np.flatnonzero(good)
     return int(candidates[np.lexsort((-quality[candidates], share[candidates]))[0]])
 
@@ -133,43 +142,43 @@ def fit_task(table: pa.Table, target: np.ndarray, bundle, config: FitPlannerConf
 
     score = config.score
     scoring = Scoring(bundle, score)
-    n, tools = score.shortlist, scoring.tools
+    n, tools, kind = score.shortlist, scoring.tools_for(task), "ctr" if task == "ctr" else "ranking"
     rows = table.num_rows
     vocab = scoring.vocab
     shortlist = padded(table.column("pool"), n, fill=-1, to=vocab.index)
     tool_scores = np.nan_to_num(padded(table.column("tool_scores"), len(tools) * n).reshape(rows, len(tools), n)
-                                .transpose(1, 0, 2), nan=-np.inf)
+                                .transpose(1, 0, 2), nan=-np.inf, neginf=-np.inf)
     vote = padded(table.column("pool_scores"), n, fill=-np.inf)
     vlm = padded(table.column("vlm_scores"), n)
     confidence = pc.fill_null(table.column("vlm_confidence"), np.nan).to_numpy(zero_copy_only=False)
     horizon = table.column("horizon").to_numpy(zero_copy_only=False).astype(np.float64)
     positive = shortlist == vocab.index(target)[:, None]
     inside = positive.any(axis=1)
-    x = Aggregator.features(tool_scores, vote, vlm, confidence, horizon)[inside]
+    x = Aggregator.features(tool_scores, vote, vlm, confidence, horizon, kind)[inside]
     valid = np.isfinite(tool_scores[0][inside])
-    aggregator = Aggregator.fit(tools, x[valid], positive[inside][valid], c=config.regularisation)
+    aggregator = Aggregator.fit(tools, x[valid], positive[inside][valid], c=config.regularisation, kind=kind)
     logger.info(f"{task}: aggregator fitted on {int(inside.sum())} rows whose target is in the shortlist of {n} "
-        f"({inside.mean():.1%} of {rows}); weights " + ", ".join(
-            f"{name} {w:+.2f}" for name, w in zip(Aggregator.feature_names(tools), aggregator.coef)))
+                f"({inside.mean():.1%} of {rows}); weights " + ", ".join(
+                    f"{name} {w:+.2f}" for name, w in zip(Aggregator.feature_names(tools, kind), aggregator.coef)))
 
-    fitted = Planner(tools, scoring.primary, {task: Policy(aggregator=aggregator.to_dict())})
-    ranks = ranks_by_answerer(table, target, bundle, score, planner=fitted)
-    hits = {a: (r < CUTOFF).astype(np.float64) for a, r in ranks.items()}
+    fitted = Planner(scoring.tools, scoring.primary, {task: Policy(aggregator=aggregator.to_dict())})
+    hits = quality_by_answerer(table, target, bundle, score, task, planner=fitted)
     plans = plan_grid(horizon, confidence, config.grid)
     quality, share = replay(horizon, confidence, hits, plans)
     best = choose(quality, share, config.tolerance)
     policy = Policy(**plan(plans, best), aggregator=aggregator.to_dict())
+    key = QUALITY[task]
     summary = {
-        "rows": rows, "shortlist_recall": float(inside.mean()),
-        "HR@5": {a: float(h.mean()) for a, h in hits.items()},
-        "plan": {**plan(plans, best), "HR@5": float(quality[best]), "vlm_share": float(share[best])},
-        "best_HR@5": float(quality.max()), "plans_tried": int(len(quality)),
+        "rows": rows, "shortlist_recall": float(inside.mean()), "metric": key,
+        key: {a: float(h.mean()) for a, h in hits.items()},
+        "plan": {**plan(plans, best), key: float(quality[best]), "vlm_share": float(share[best])},
+        f"best_{key}": float(quality.max()), "plans_tried": int(len(quality)),
     }
-    logger.info(f"{task}: validation HR@5 primary tool {hits['tool'].mean():.4f}, vote {hits['vote'].mean():.4f}, "
-        f"VLM alone {hits['vlm'].mean():.4f}, aggregator {hits['aggregate'].mean():.4f}; chosen plan tau_low "
-        f"{policy.tau_low:.3f} (answered by {policy.low}), tau_high {policy.tau_high:.3f}, kappa {policy.kappa:.3f}: "
-        f"HR@5 {quality[best]:.4f} "
-        f"with the VLM on {share[best]:.1%} of rows (best plan {quality.max():.4f}, {len(quality)} plans)")
+    logger.info(f"{task}: validation {key} primary tool {hits['tool'].mean():.4f}, vote {hits['vote'].mean():.4f}, "
+                f"VLM alone {hits['vlm'].mean():.4f}, aggregator {hits['aggregate'].mean():.4f}; chosen plan "
+                f"tau_low {policy.tau_low:.3f} (answered by {policy.low}), tau_high {policy.tau_high:.3f}, kappa "
+                f"{policy.kappa:.3f}: {key} {quality[best]:.4f} with the VLM on {share[best]:.1%} of rows (best plan "
+                f"{quality.max():.4f}, {len(quality)} plans)")
     return policy, summary
 
 
@@ -187,19 +196,25 @@ def fit_planner(data_uri: str, bundle_uri: str, config: FitPlannerConfig | None 
     scoring.check()
     if list(bundle.item_ids()) != list(data.item_vocab.ids):
         raise ValueError(f"bundle {bundle_uri} was trained on another item catalogue than {data_uri}")
-    tools = scoring.tools
-    unheld = [t for t in tools if bundle.tool_was_refit(t) and not bundle.has_holdout(t)]
+    tasks = config.tasks or scoring.answered
+    unanswerable = [t for t in tasks if t not in scoring.answered]
+    if unanswerable:
+        raise ValueError(f"fit-planner: bundle {bundle_uri} cannot answer {unanswerable}: "
+                         + "; ".join(scoring.unanswered.get(t, "no such task") for t in unanswerable))
+    used = sorted({name for t in tasks for name in scoring.tools_for(t)})
+    unheld = [t for t in used if bundle.tool_was_refit(t) and not bundle.has_holdout(t)]
     if unheld:
         raise ValueError(f"bundle {bundle_uri}: tool(s) {unheld} were refit on train + validation and the bundle "
                          "keeps no holdout copy of them, so the validation split cannot fit the planner honestly: "
                          "retrain them with `reasonrec train-tools` (this version keeps tools/<name>/holdout/)")
     policies, validation = {}, {}
-    for task in config.tasks:
+    for task in tasks:
         table, target = signals(data, bundle, config.score, "valid", task, config.users, config.seed)
         policies[task], validation[task] = fit_task(table, target, bundle, config, task)
     with BundleWriter(bundle_uri) as writer:
         writer.update(planner={
-            "tools": tools, "policies": {t: dataclasses.asdict(p) for t, p in policies.items()},
+            "tools": scoring.tools_for("sequential"), "tools_by_task": {t: scoring.tools_for(t) for t in tasks},
+            "policies": {t: dataclasses.asdict(p) for t, p in policies.items()},
             "fitted_on": "valid", "tolerance": config.tolerance, "shortlist": config.score.shortlist,
             "validation": validation, "primary": scoring.primary})
         manifest = writer.commit()

@@ -49,13 +49,12 @@ def train_loop_per_worker(cfg: dict) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     data = PreparedData(cfg["data_uri"])
-    cls = tool_class(cfg["tool"])
-    tool = cls(make_config(cfg["tool"], cfg["overrides"]), data.n_items, data.train.user_ids)
+    tool, train, valid, refit_on = build_tool(cfg["tool"], cfg["overrides"], data)
     module = ray.train.torch.prepare_model(tool, move_to_device=False) if world > 1 and tool.trainable else tool
     with tempfile.TemporaryDirectory() as tmp:
         # A refit tool keeps its train-only weights in holdout/: fit-planner reads the validation split with them.
-        best = fit(tool, data.train, data.eval_set("valid"), refit_on=data.train_and_valid, module=module,
-                   shard=(rank, world), holdout=lambda t: t.save(f"{tmp}/holdout") if rank == 0 else None)
+        best = fit(tool, train, valid, refit_on=refit_on, module=module, shard=(rank, world),
+                   holdout=lambda t: t.save(f"{tmp}/holdout") if rank == 0 else None)
         # One report at the end: each report is a round trip to the controller (~2 s measured here).
         checkpoint = None
         if rank == 0:
@@ -64,6 +63,17 @@ def train_loop_per_worker(cfg: dict) -> None:
                 json.dump(best, f)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report({**best, "final": True}, checkpoint=checkpoint)
+
+
+def build_tool(name: str, overrides: dict, data: PreparedData):
+    """The untrained tool and what it trains and selects on: ranking tools the leave-one-out sequences (and refit on
+    train + validation when their config says so), CTR tools the CTR rows (``reasonrec.data.ctr``)."""
+    cls = tool_class(name)
+    config = make_config(name, overrides)
+    if "ctr" in cls.tasks:
+        config = cls.sized(config, data.item_features)
+        return cls(config, data.n_items, data.train.user_ids), data.ctr_set("train"), data.ctr_set("valid"), None
+    return cls(config, data.n_items, data.train.user_ids), data.train, data.eval_set("valid"), data.train_and_valid
 
 
 def train_tools(data_uri: str, bundle_uri: str, config: TrainToolsConfig | None = None) -> dict:
@@ -91,8 +101,10 @@ def train_tools(data_uri: str, bundle_uri: str, config: TrainToolsConfig | None 
             result = trainer.fit()
             with result.checkpoint.as_directory() as folder:
                 best = json.loads(open(f"{folder}/best.json").read())
-                writer.add_tool(name, folder, {**best, "train_seconds": round(time.perf_counter() - start, 1)})
-            logger.info(f"{name}: best epoch {best.get('epoch')} valid NDCG@10 {best.get('NDCG@10', float('nan')):.4f}")
+                writer.add_tool(name, folder, {**best, "train_seconds": round(time.perf_counter() - start, 1)},
+                                tool_class(name).tasks)
+            key = tool_class(name).selection
+            logger.info(f"{name}: best epoch {best.get('epoch')} valid {key} {best.get(key, float('nan')):.4f}")
         add_data_files(writer, data, config.horizon)
         writer.update(**primary_on_validation(writer, data))
         return writer.commit()
@@ -108,24 +120,31 @@ def add_data_files(writer: BundleWriter, data: PreparedData, horizon_config: Hor
 
 
 def primary_on_validation(writer: BundleWriter, data: PreparedData) -> dict:
-    """Each ranking task's primary tool (the one that answers route low): the bundle's best tool on the validation
-    split by NDCG@10, every tool and the popularity floor scored with the weights that never saw validation (a
-    refit tool's holdout copy). CTR ranks its candidates as direct does, so it gets direct's tool."""
+    """Each task's primary tool (the one that answers route low): the bundle's best tool for that task on the
+    validation split, scored with the weights that never saw validation (a refit tool's holdout copy): NDCG@10 for
+    sequential and direct among the ranking tools, AUC for ctr among the CTR tools."""
+    from reasonrec.bundle import MANIFEST, Bundle
     from reasonrec.evaluator import evaluate, tool_scorer
     from reasonrec.tools.base import Tool
-
-    from reasonrec.bundle import MANIFEST, Bundle
 
     tools = {name: Tool.load(writer.staged_tool(name, holdout=True)) for name in writer.staged_tools()}
     if storage.exists(storage.join(writer.uri, MANIFEST)):  # tools of the bundle that were not retrained
         previous = Bundle(writer.uri)
         tools.update({n: previous.load_tool(n, holdout=True) for n in previous.tool_names if n not in tools})
-    if not tools:
-        return {}
-    names, valid = sorted(tools), data.eval_set("valid")
-    figures = {task: {name: evaluate(tool_scorer(tools[name]), valid, task) for name in names}
-               for task in ("sequential", "direct")}
-    best = {task: max(names, key=lambda n: figures[task][n]["NDCG@10"]) for task in figures}  # ties: sorted first
-    logger.info("primary tools (best validation NDCG@10): " + ", ".join(
-        f"{task} {tool} {figures[task][tool]['NDCG@10']:.4f}" for task, tool in best.items()))
-    return {"primary": {**best, "ctr": best["direct"]}, "validation": figures}
+    figures = {}
+    for task in ("sequential", "direct", "ctr"):
+        names = sorted(n for n, tool in tools.items() if task in tool.tasks and tool.trainable)
+        if not names:
+            continue
+        if task == "ctr":
+            valid = data.ctr_set("valid")
+            figures[task] = {name: tools[name].validate(valid) for name in names}
+        else:
+            valid = data.eval_set("valid")
+            figures[task] = {name: evaluate(tool_scorer(tools[name]), valid, task) for name in names}
+    key = {"sequential": "NDCG@10", "direct": "NDCG@10", "ctr": "AUC"}
+    best = {task: max(sorted(f), key=lambda n: f[n][key[task]]) for task, f in figures.items()}  # ties: sorted first
+    if best:
+        logger.info("primary tools (best on validation): " + ", ".join(
+            f"{task} {tool} {key[task]} {figures[task][tool][key[task]]:.4f}" for task, tool in best.items()))
+    return {"primary": best, "validation": figures} if best else {}

@@ -223,7 +223,8 @@ def finetune_vlm(data_uri: str, bundle_uri: str, config: FinetuneConfig | None =
     data = PreparedData(storage.absolute(data_uri))
     bundle = Bundle(bundle_uri)
     horizon = EvidenceHorizon.from_json(bundle.read("horizon.json"))
-    tools = {name: bundle.load_tool(name) for name in (config.examples.tools or bundle.tool_names)}
+    # The examples' tool outputs rank candidates over the catalogue: the ranking tools (CTR tools answer ctr only).
+    tools = {name: bundle.load_tool(name) for name in (config.examples.tools or bundle.tools_for("sequential"))}
     examples = build_examples(data, "train", horizon, tools, config.examples)
     # No tools: the warm-up form has no deliberation lines, so scoring them again would be wasted.
     warmup = build_examples(data, "train", horizon, {}, config.examples, warmup=True) if config.warmup_steps else None

@@ -5,6 +5,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from reasonrec import storage
 from reasonrec.batch import commit
@@ -55,11 +56,11 @@ def request_rows(**columns) -> pa.Table:
 def test_validator_names_the_field_of_each_bad_row(bundle_uri, synthetic_data):
     item = synthetic_data.item_vocab.ids[0]
     rows = request_rows(
-        user_id=["u-ok", None, "  ", " pad", "u5", "u6", "u7", "u8", "u9", "u10", "u\x07"],
+        user_id=["u-ok", None, "  ", " pad", "u5", "u6", "u7", "u8", "u9", "u10", "u\x07", "u12", "u13"],
         task=["sequential", "sequential", "sequential", "sequential", "shopping", "explain", "sequential",
-              "sequential", "direct", "direct", "sequential"],
-        k=[10, 10, 10, 10, 10, 10, 0, 101, 10, 10, 10],
-        candidates=[None] * 9 + [[item, "no-such-item"]] + [None],
+              "sequential", "direct", "direct", "sequential", "ctr", "ctr"],
+        k=[10, 10, 10, 10, 10, 10, 0, 101, 10, 10, 10, 5, 5],
+        candidates=[None] * 9 + [[item, "no-such-item"]] + [None, None, ["no-such-item", item, "nor-this"]],
     )
     out = HorizonStage(Scoring.load(bundle_uri, CONFIG))(stream(rows))
     errors = out.column("error").to_pylist()
@@ -67,10 +68,11 @@ def test_validator_names_the_field_of_each_bad_row(bundle_uri, synthetic_data):
     expected = ["user_id: null", "user_id: empty", "user_id: ' pad' has surrounding whitespace",
                 "task: unknown 'shopping'", "task: 'explain' is not answered by this job", "k: 0 out of range [1, 100]",
                 "k: 101 out of range", "candidates: task 'direct' needs a list",
-                "candidates: 1 not in the catalogue, e.g. 'no-such-item'", "is not printable"]
-    for error, text in zip(errors[1:], expected):
+                "candidates: 1 not in the catalogue, e.g. 'no-such-item'", "is not printable",
+                "candidates: task 'ctr' needs a list", "candidates: 2 not in the catalogue, e.g. 'no-such-item'"]
+    for error, text in zip(errors[1:], expected, strict=True):
         assert text in error
-    assert out.column("stage").to_pylist() == [None] + ["validate"] * 10
+    assert out.column("stage").to_pylist() == [None] + ["validate"] * 12
     assert set(out.column("route").to_pylist()) <= {"low", "medium", "high"}
 
 
@@ -107,7 +109,7 @@ def test_batch_answers_rank_exactly_like_the_evaluator(bundle_uri, synthetic_dat
     bundle = Bundle(bundle_uri)
     if tool == "vote":
         out = answer(bundle_uri, requests)
-        scorer = majority_vote(bundle.load_tool(name) for name in bundle.tool_names)
+        scorer = majority_vote(bundle.load_tool(name) for name in bundle.tools_for(task))
     else:
         out = answer(bundle_uri, requests, ScoreConfig(batch_size=200, mode="planner"), plan="tool")
         scorer = tool_scorer(bundle.load_tool(tool))
@@ -134,7 +136,7 @@ def test_batch_answers_rank_exactly_like_the_evaluator(bundle_uri, synthetic_dat
     confidence = results.column("confidence").to_numpy()
     assert ((confidence >= 0) & (confidence <= 1)).all() and confidence.mean() > 0
     assert results.column("trace")[0].as_py().startswith("EH: ")
-    assert set(results.column("tools").to_pylist()[0]) == ({tool} if tool != "vote" else set(bundle.tool_names))
+    assert set(results.column("tools").to_pylist()[0]) == ({tool} if tool != "vote" else set(bundle.tools_for(task)))
     assert results.column("path").to_pylist()[0] == ("tool" if tool != "vote" else "vote")
     assert not any(results.column("vlm_called").to_pylist())
 
@@ -287,7 +289,12 @@ def test_primary_tools_come_from_the_bundle_and_a_task_without_one_is_quarantine
     the config overrides it."""
     from reasonrec.batch.local import LocalPipeline
 
-    only_sasrec = copy_bundle(bundle_uri, str(tmp_path / "sasrec"), lambda m: m["tools"].pop("lightgcn"))
+    def sasrec_alone(manifest):
+        for name in ("lightgcn", "dcnv2"):
+            manifest["tools"].pop(name)
+        manifest.pop("primary")
+
+    only_sasrec = copy_bundle(bundle_uri, str(tmp_path / "sasrec"), sasrec_alone)
     scoring = Scoring.load(only_sasrec, CONFIG)
     scoring.check()
     assert scoring.primary == {"sequential": "sasrec"} and scoring.answered == ("sequential",)
@@ -301,6 +308,37 @@ def test_primary_tools_come_from_the_bundle_and_a_task_without_one_is_quarantine
 
     recorded = copy_bundle(bundle_uri, str(tmp_path / "recorded"),
                            lambda m: m.update(primary={"sequential": "lightgcn", "direct": "sasrec", "ctr": "sasrec"}))
-    assert Scoring.load(recorded, CONFIG).primary == {"sequential": "lightgcn", "direct": "sasrec", "ctr": "sasrec"}
+    # A recorded ranking tool never answers ctr: click probabilities come from CTR tools only.
+    assert Scoring.load(recorded, CONFIG).primary == {"sequential": "lightgcn", "direct": "sasrec"}
     chosen = Scoring.load(recorded, ScoreConfig(mode="tools-only", primary={"sequential": "sasrec"})).primary
-    assert chosen == {"sequential": "sasrec", "direct": "sasrec", "ctr": "sasrec"}
+    assert chosen == {"sequential": "sasrec", "direct": "sasrec"}
+    assert Scoring.load(bundle_uri, CONFIG).primary["ctr"] == "dcnv2"
+
+
+@pytest.mark.parametrize("plan", ["tool", "vote"])
+def test_ctr_answers_are_the_ctr_tools_click_probabilities(bundle_uri, synthetic_data, plan):
+    """A ctr request gets a click probability per candidate: the CTR tool's sigmoid (route low) or the CTR tools'
+    mean (the vote); ranking tools never answer it. Committed answers score as ``evaluate --task ctr`` does."""
+    from reasonrec.evaluator import evaluate_ctr_bundle
+
+    requests = requests_for_split(synthetic_data, "test", "ctr", k=10)
+    out = answer(bundle_uri, requests, ScoreConfig(batch_size=200, mode="planner"), plan=plan)
+    assert out.column("error").null_count == out.num_rows == requests.num_rows
+    results = commit._results(out, "r")
+    assert set(results.column("path").to_pylist()) == {plan}
+    assert {tuple(t) for t in results.column("tools").to_pylist()} == {("dcnv2",)}
+    ranked = results.column("ranked").to_pylist()
+    candidates = dict(zip(requests.column("user_id").to_pylist(), requests.column("candidates").to_pylist()))
+    assert all(sorted(x["item_id"] for x in r) == sorted(candidates[u])  # every candidate, once
+               for u, r in zip(results.column("user_id").to_pylist(), ranked))
+    assert all(0 < x["score"] < 1 for r in ranked for x in r)
+    bundle = Bundle(bundle_uri)
+    rows = synthetic_data.ctr_set("test")
+    with torch.no_grad():
+        expected = torch.sigmoid(bundle.load_tool("dcnv2").logits_of(rows.history, rows.items)).numpy()
+    want = dict(zip(zip(rows.history.user_ids, synthetic_data.item_vocab.lookup(rows.items)), expected))
+    got = {(u, x["item_id"]): x["score"] for u, r in zip(results.column("user_id").to_pylist(), ranked) for x in r}
+    assert got.keys() == want.keys()
+    np.testing.assert_allclose([got[key] for key in want], list(want.values()), rtol=1e-5, atol=1e-6)
+    committed = evaluate_results(results, synthetic_data, "ctr")["metrics"]
+    assert committed == pytest.approx(evaluate_ctr_bundle(synthetic_data, bundle, "test")["tools"]["dcnv2"], abs=1e-6)

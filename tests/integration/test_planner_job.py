@@ -13,8 +13,11 @@ from reasonrec.batch.requests import requests_for_split, write_requests
 from reasonrec.bundle import Bundle
 from reasonrec.planner import MODES, Aggregator
 
-USERS = 60  # per task: the VLM runs on CPU in every mode but tools-only
-ROWS = 2 * USERS + 1  # and one more test user whose request carries no history (evidence horizon 1: route high)
+USERS = 60  # per ranking task: the VLM runs on CPU in every mode but tools-only
+CTR_USERS = 30  # ctr requests: 5 candidates each, a yes/no prompt per candidate
+ROWS = 2 * USERS + 1 + CTR_USERS  # and one test user whose request carries no history (evidence horizon 1: high)
+CANDIDATES = {"sequential": 10, "direct": 10, "ctr": 5}  # answers per row (k = 10)
+CONSULTED = {"sequential": 2, "direct": 2, "ctr": 1}  # the routed bundle's tools per task
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +27,8 @@ def requests_uri(synthetic_data):
     cold = cold.set_column(cold.schema.get_field_index("history"), "history",
                            pa.nulls(1, cold.schema.field("history").type))
     table = pa.concat_tables([sequential.slice(0, USERS), cold,
-                              requests_for_split(synthetic_data, "test", "direct", k=10).slice(0, USERS)])
+                              requests_for_split(synthetic_data, "test", "direct", k=10).slice(0, USERS),
+                              requests_for_split(synthetic_data, "test", "ctr", k=10).slice(0, CTR_USERS)])
     bad = pa.table({"user_id": ["", "u-x"], "task": ["sequential", "direct"], "k": [10, 10],
                     "candidates": [None, None], "history": [None, None]}, schema=table.schema)
     uri = "s3://reasonrec-test/planner/requests"
@@ -42,6 +46,11 @@ def test_fit_planner_stores_a_validated_policy_per_task(planner_bundle_uri):
         v = fitted["validation"][task]
         assert v["rows"] == 150 and v["plan"]["HR@5"] >= v["best_HR@5"] * (1 - fitted["tolerance"]) - 1e-9
         assert set(v["HR@5"]) == {"tool", "vote", "vlm", "aggregate"}
+    assert fitted["tools_by_task"]["ctr"] == ["dcnv2"]  # ctr consults the CTR tools only
+    ctr = fitted["policies"]["ctr"]
+    assert Aggregator.from_dict(ctr["aggregator"]).kind == "ctr"
+    loglik = fitted["validation"]["ctr"]["LogLik"]  # mean log-likelihood of the click labels, per answerer
+    assert set(loglik) == {"tool", "vote", "vlm", "aggregate"} and all(-1.0 < v < 0 for v in loglik.values())
 
 
 def test_fit_planner_refuses_refit_tools_without_a_holdout(vlm_bundle_uri, synthetic_data, tmp_path):
@@ -85,29 +94,34 @@ def test_job_in_every_mode_accounts_for_every_row(mode, mode_runs):
     vlm = np.asarray(results.column("vlm_called").to_pylist())
     consulted = pc.list_value_length(results.column("tools")).to_numpy()
     route = np.asarray(results.column("route").to_pylist())
+    task = np.asarray(results.column("task").to_pylist())
+    every_tool = np.vectorize(CONSULTED.get)(task)
     assert manifest["vlm_calls_total"] == vlm.sum() and manifest["tool_calls_total"] == consulted.sum()
     assert manifest["tool_usage_rate"] == pytest.approx((consulted > 0).mean())
     assert manifest["override_rate"] == pytest.approx(np.mean(results.column("overrode").to_pylist()))
     if mode == "tools-only":
-        assert vlm.sum() == 0 and (consulted == 2).all()
+        assert vlm.sum() == 0 and (consulted == every_tool).all()
     elif mode == "vlm-only":
         assert vlm.all() and (consulted == 0).all()
     elif mode == "vlm+tools-always":
-        assert vlm.all() and (consulted == 2).all()
+        assert vlm.all() and (consulted == every_tool).all()
     else:
         assert set(route) == {"low", "medium", "high"} and (vlm == (route != "low")).all()
         path = np.asarray(results.column("path").to_pylist())
-        task = np.asarray(results.column("task").to_pylist())
         low_by = np.where(task == "sequential", "tool", "vote")  # the routed bundle's policies
         assert (path[route == "low"] == low_by[route == "low"]).all() and set(path[route == "high"]) == {"aggregate"}
-        assert (consulted[path == "tool"] == 1).all() and (consulted[path == "vote"] == 2).all()
+        assert (consulted[path == "tool"] == 1).all()
+        assert (consulted[path == "vote"] == every_tool[path == "vote"]).all()
         escalated = np.asarray(results.column("escalated").to_pylist())
         assert (path[route == "medium"] == np.where(escalated[route == "medium"], "aggregate", "vlm")).all()
         confidence = np.asarray(results.column("confidence").to_pylist())
         assert (confidence[escalated] >= 0).all()
     traces = results.column("trace").to_pylist()
     assert all(f"mode: {mode}" in t and "answer: " in t for t in traces)
-    assert all(len(r) == 10 for r in results.column("ranked").to_pylist())
+    assert [len(r) for r in results.column("ranked").to_pylist()] == [CANDIDATES[t] for t in task]
+    probabilities = [x["score"] for r in results.filter(pc.equal(results.column("task"), "ctr")).column("ranked")
+                     .to_pylist() for x in r]
+    assert len(probabilities) == 5 * CTR_USERS and all(0 <= p <= 1 for p in probabilities)
 
 
 def test_planner_rows_match_the_in_process_stages(mode_runs, routed_bundle_uri, requests_uri):
@@ -144,6 +158,13 @@ def test_report_compares_the_modes(mode_runs, synthetic_data, tmp_path):
     sweep = seq["sweep"]
     assert sweep["rows"] == 40 and len(sweep["plans"]["HR@5"]) > 10
     assert max(sweep["plans"]["HR@5"]) >= sweep["modes"]["primary tool"]["HR@5"]
+    ctr = report["tasks"]["ctr"]  # click probabilities: AUC and LogLoss per mode, per cold-start group
+    assert set(ctr["modes"]) == set(MODES) and all(0 <= m["AUC"] <= 1 and m["LogLoss"] > 0
+                                                   for m in ctr["modes"].values())
+    # One CTR tool: its vote is its own probability, so tools-only scores as the tool alone does.
+    assert ctr["modes"]["tools-only"]["AUC"] == pytest.approx(ctr["single_tools"]["dcnv2"]["AUC"], abs=1e-9)
+    assert set(ctr["single_tools"]) == {"dcnv2"} and sum(g["users"] for g in ctr["cold_start"]["planner"]) == CTR_USERS
+    assert "## ctr" in markdown and "| AUC | LogLoss |" in markdown and "sweep" not in ctr
 
 
 def test_report_command_line(mode_runs, synthetic_data, tmp_path, capsys):

@@ -12,6 +12,7 @@ from reasonrec.batch import commit
 from reasonrec.batch.requests import requests_for_split, write_requests
 
 PARITY_USERS = 100
+CTR_USERS = 12  # ctr requests beside them: click probabilities of the CTR tool and the VLM
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,8 @@ def parity_requests(synthetic_data):
     cold = cold.set_column(cold.schema.get_field_index("history"), "history",
                            pa.array([[]], cold.schema.field("history").type))
     return pa.concat_tables([sequential.slice(0, half - 1), cold,
-                             requests_for_split(synthetic_data, "test", "direct", k=10).slice(half, half)])
+                             requests_for_split(synthetic_data, "test", "direct", k=10).slice(half, half),
+                             requests_for_split(synthetic_data, "test", "ctr", k=10).slice(0, CTR_USERS)])
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +65,10 @@ def test_health_bundle_and_openapi(served, routed_bundle_uri):
 
 
 def test_served_answers_equal_the_nightly_job_across_routes(served, parity_requests, batch_rows):
-    """Same bundle, same requests: the served ranking is the committed row's (100 users, every route)."""
+    """Same bundle, same requests: the served ranking is the committed row's (100 users, every route; and ctr
+    requests, answered with click probabilities)."""
     expected = batch_rows
-    routes = set()
+    routes, ctr_paths = set(), set()
     for request in parity_requests.to_pylist():
         body = {key: request[key] for key in ("user_id", "task", "k", "history")}
         if request["candidates"] is not None:
@@ -79,7 +82,12 @@ def test_served_answers_equal_the_nightly_job_across_routes(served, parity_reque
                                    rtol=1e-4, atol=1e-5)
         assert (got["route"], got["path"], got["tools"]) == (want["route"], want["path"], want["tools"])
         routes.add(got["route"])
+        if request["task"] == "ctr":
+            assert sorted(x["item_id"] for x in got["items"]) == sorted(request["candidates"])
+            assert all(0 <= x["score"] <= 1 for x in got["items"])
+            ctr_paths.add(got["path"])
     assert routes == {"low", "medium", "high"}
+    assert len(ctr_paths) > 1, ctr_paths  # the CTR tool alone and with the VLM's yes/no probability
 
 
 def test_the_in_process_recommender_answers_as_the_app_does(served, routed_bundle_uri, parity_requests, batch_rows):

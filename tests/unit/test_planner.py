@@ -4,10 +4,11 @@ import json
 import numpy as np
 import pytest
 
-from reasonrec.planner import Aggregator, Planner, Policy
+from reasonrec.planner import Aggregator, Planner, Policy, reciprocal_rank
 from reasonrec.train.planner import choose, plan_grid, replay
 
 TOOLS = ["a", "b"]
+BY_TASK = {"sequential": TOOLS, "direct": TOOLS}  # the consulted tools per task
 N = 4
 
 
@@ -19,7 +20,7 @@ def aggregator(weights: dict) -> dict:
 
 
 def planner(weights: dict, kappa: float = 0.5) -> Planner:
-    return Planner(TOOLS, {"sequential": "a", "direct": "b"},
+    return Planner(BY_TASK, {"sequential": "a", "direct": "b"},
                    {"sequential": Policy(0.3, 0.7, kappa, aggregator(weights))})
 
 
@@ -84,7 +85,7 @@ def test_modes_answer_every_row_the_same_way():
     always = decide(p, "vlm+tools-always", routes, [0.9] * 3)
     assert always.path.tolist() == ["aggregate"] * 3 and always.consulted.all()
     assert asks_vlm(p, "planner", routes) == [False, True, True]
-    vote_low = Planner(TOOLS, {"sequential": "a"}, {"sequential": Policy(0.3, 0.7, 0.5, aggregator({}), low="vote")})
+    vote_low = Planner(BY_TASK, {"sequential": "a"}, {"sequential": Policy(0.3, 0.7, 0.5, aggregator({}), low="vote")})
     low = decide(vote_low, "planner", ["low"], [0.9])
     assert low.path.tolist() == ["vote"] and low.consulted.all() and not low.vlm_called.any()
     assert not any(asks_vlm(p, "tools-only", routes)) and all(asks_vlm(p, "vlm-only", routes))
@@ -99,6 +100,11 @@ def test_padding_never_wins():
     d = p.decide("planner", np.array(["sequential"], dtype=object), np.array(["aggregate"], dtype=object),
                  np.array([0.9]), tool_scores, vote, vlm, np.array([0.9]), np.array([0.5], np.float32))
     assert d.scores[0, 3] == -np.inf and np.argmax(d.scores[0]) != 3
+
+
+def test_padding_has_no_rank():
+    # -inf and NaN are padding (np.nan_to_num(nan=-inf) alone would turn -inf into a finite -1.8e308 with a rank).
+    assert reciprocal_rank(np.array([[2.0, 1.0, -np.inf, np.nan]])).tolist() == [[1.0, 0.5, 0.0, 0.0]]
 
 
 def test_aggregator_fit_save_load_round_trip():
@@ -126,12 +132,12 @@ def test_aggregator_fit_save_load_round_trip():
 def test_planner_round_trips_through_the_manifest_and_checks_its_tools():
     p = planner({"vlm_p": 1.0}, kappa=0.4)
     manifest = {"planner": json.loads(json.dumps(p.to_dict()))}
-    again = Planner.from_manifest(manifest, {"sequential": "a"}, TOOLS, Policy())
-    assert again.policy("sequential").kappa == 0.4 and again.tools == TOOLS
+    again = Planner.from_manifest(manifest, {"sequential": "a"}, BY_TASK, Policy())
+    assert again.policy("sequential").kappa == 0.4 and again.tools_for("sequential") == TOOLS
     with pytest.raises(ValueError, match="fitted on tools"):
-        Planner(["a", "c"], {}, {"sequential": Policy(aggregator=aggregator({}))})
+        Planner({"sequential": ["a", "c"]}, {}, {"sequential": Policy(aggregator=aggregator({}))})
     with pytest.raises(ValueError, match="fit-planner"):
-        Planner.from_manifest({}, {}, TOOLS, Policy()).aggregator("sequential")
+        Planner.from_manifest({}, {}, BY_TASK, Policy()).aggregator("sequential")
     with pytest.raises(ValueError, match="tau_low <= tau_high"):
         Policy(0.8, 0.2)
 

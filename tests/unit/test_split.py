@@ -38,12 +38,12 @@ def test_candidates_are_unseen_unique_and_deterministic():
 
 
 def test_prepare_round_trip(tmp_path):
-    table = interactions([(f"u{u}", f"i{(u + k) % 7}", k) for u in range(5) for k in range(4)])
+    table = interactions([(f"u{u}", f"i{(u + k) % 9}", k) for u in range(5) for k in range(4)])
     items = schemas.conform(pa.table({"item_id": [f"i{i}" for i in range(3)]}), schemas.ITEMS, "items")
     meta = prepared.prepare(RawDataset("tiny", table, items), str(tmp_path), n_negatives=2)
-    assert meta["items"] == 7  # items without metadata rows are added
+    assert meta["items"] == 8  # items without metadata rows are added
     data = prepared.PreparedData(str(tmp_path))
     test = data.eval_set("test")
     assert list(test.history.lengths) == [3] * 5  # train (2) + the validation item
     assert test.candidates.shape == (5, 3)
-    assert (data.item_vocab.lookup(test.target) == [f"i{(u + 3) % 7}" for u in range(5)]).all()
+    assert (data.item_vocab.lookup(test.target) == [f"i{(u + 3) % 9}" for u in range(5)]).all()

@@ -7,9 +7,12 @@ from reasonrec.tools import REGISTRY, Tool, exclude_seen, make_config, tool_clas
 from reasonrec.train.loop import fit
 
 SMALL_DATA = {"sasrec": {"batch_size": 64, "lr": 3e-3, "dropout": 0.3}, "gru4rec": {"batch_size": 64, "lr": 3e-3},
-              "bprmf": {"batch_size": 512}, "lightgcn": {"batch_size": 512}}
+              "lightsans": {"batch_size": 64, "lr": 3e-3, "dropout": 0.3},
+              "nextitnet": {"batch_size": 64, "lr": 3e-3}, "bprmf": {"batch_size": 512},
+              "lightgcn": {"batch_size": 512}}
 # Each tool must beat popularity on the task it is built for.
-TASK_OF = {"sasrec": "sequential", "gru4rec": "sequential", "bprmf": "direct", "lightgcn": "direct"}
+TASK_OF = {"sasrec": "sequential", "gru4rec": "sequential", "lightsans": "sequential", "nextitnet": "sequential",
+           "bprmf": "direct", "lightgcn": "direct"}
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +29,7 @@ def trained(synthetic_data):
 
 
 def test_registry_has_the_required_tools():
-    assert {"sasrec", "gru4rec", "bprmf", "lightgcn", "pop"} <= set(REGISTRY)
+    assert {"sasrec", "gru4rec", "lightsans", "nextitnet", "bprmf", "lightgcn", "pop"} <= set(REGISTRY)
     with pytest.raises(ValueError, match="unknown tool 'nope'"):
         tool_class("nope")
     with pytest.raises(ValueError, match="unknown config field"):
