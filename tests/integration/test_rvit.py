@@ -19,7 +19,7 @@ def bundle(bundle_uri):
 
 @pytest.fixture(scope="module")
 def tools(bundle):
-    return {name: bundle.load_tool(name) for name in bundle.tool_names}
+    return {name: bundle.load_tool(name) for name in bundle.tools_for("sequential")}  # as finetune_vlm does
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +193,8 @@ def test_finetune_with_ray_train_commits_a_reloadable_vlm(vlm_bundle_uri, monkey
     assert info["training"]["warmup"]["steps"] == 4 and info["config"]["warmup_steps"] == 4
     assert {"HR@1_tuned", "HR@1_untuned", "HR@1_tuned_blank_images"} <= set(info["metrics"])
     files = bundle.manifest["files"]
-    assert "vlm/config.json" in files and "horizon.json" in files and bundle.tool_names == ["lightgcn", "sasrec"]
+    assert "vlm/config.json" in files and "horizon.json" in files
+    assert bundle.tool_names == ["dcnv2", "lightgcn", "sasrec"]
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model, processor = load(bundle.vlm_folder(tmp_path))
     with torch.no_grad():

@@ -19,7 +19,7 @@ def folder(vlm_bundle_uri, tmp_path_factory):
 def rows(synthetic_data, vlm_bundle_uri):
     bundle = Bundle(vlm_bundle_uri)
     horizon = EvidenceHorizon.from_json(bundle.read("horizon.json"))
-    tools = {name: bundle.load_tool(name) for name in bundle.tool_names}
+    tools = {name: bundle.load_tool(name) for name in bundle.tools_for("sequential")}
     table = build_examples(synthetic_data, "test", horizon, tools, ExamplesConfig(candidates=12, seed=5),
                            tasks={"sequential": 0.6, "ctr": 0.4})
     return table.slice(0, 10).to_pylist()
