@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--users", type=int, help="validation users per task (default: all)")
     parser.add_argument("--tolerance", type=float, help=f"relative HR@5 a cheaper plan may give up (default "
                                                         f"{d('tolerance')})")
+    parser.add_argument("--max-vlm-share", type=float,
+                        help="the GPU budget: the best plan that sends at most this share of rows to the VLM "
+                             f"(default {d('max_vlm_share')})")
     parser.add_argument("--vlm-backend", choices=("auto", "transformers", "vllm"),
                         help="default auto: vLLM when installed")
     parser.add_argument("--config", help="YAML with FitPlannerConfig fields (score: {ScoreConfig fields})")
@@ -38,7 +41,8 @@ def config(args: argparse.Namespace) -> FitPlannerJob:
     from reasonrec.config import load
 
     overrides = {"tasks": args.tasks.split(",") if args.tasks else None, "users": args.users,
-                 "tolerance": args.tolerance, "score.deliberator.backend": args.vlm_backend}
+                 "tolerance": args.tolerance,
+                 "max_vlm_share": args.max_vlm_share, "score.deliberator.backend": args.vlm_backend}
     return FitPlannerJob(args.data, args.bundle, load(FitPlannerConfig, args.config, overrides))
 
 

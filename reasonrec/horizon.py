@@ -76,7 +76,9 @@ class EvidenceHorizon:
 
     def route(self, c: np.ndarray) -> np.ndarray:
         c = np.asarray(c)
-        return np.select([c < self.config.tau_low, c <= self.config.tau_high], ["low", "medium"], "high")
+        # C = 1 (no usable history) is high risk whatever the thresholds, as in the planner's routes.
+        return np.select([c >= 1.0, c < self.config.tau_low, c <= self.config.tau_high], ["high", "low", "medium"],
+                         "high")
 
     def to_json(self) -> str:
         return json.dumps({

@@ -194,7 +194,8 @@ def sweep(data, bundle, task: str, config: ReportConfig) -> dict:
     return {"rows": table.num_rows, "plans": {**{k: v.tolist() for k, v in plans.items()},
                                                f"HR@{CUTOFF}": quality.tolist(), "vlm_share": share.tolist()},
             "fitted": {"tau_low": policy.tau_low, "tau_high": policy.tau_high, "kappa": policy.kappa,
-                       "low": policy.low, f"HR@{CUTOFF}": float(q[0]), "vlm_share": float(s[0])},
+                       "low": policy.low, "max_vlm_share": float(fitted.get("max_vlm_share", 1.0)),
+                       f"HR@{CUTOFF}": float(q[0]), "vlm_share": float(s[0])},
             "modes": {"tools-only": {f"HR@{CUTOFF}": float(hits["vote"].mean()), "vlm_share": 0.0},
                       "vlm-only": {f"HR@{CUTOFF}": float(hits["vlm"].mean()), "vlm_share": 1.0},
                       "vlm+tools-always": {f"HR@{CUTOFF}": float(hits["aggregate"].mean()), "vlm_share": 1.0},
@@ -216,8 +217,11 @@ def plot_frontier(sweeps: dict, path: str) -> None:
         ax.step(share[order], best, where="post", color="black", label="frontier")
         for (name, m), marker in zip(s["modes"].items(), "s^Dv"):
             ax.scatter(m["vlm_share"], m[f"HR@{CUTOFF}"], marker=marker, s=60, label=name)
+        budget = s["fitted"].get("max_vlm_share", 1.0)
         ax.scatter(s["fitted"]["vlm_share"], s["fitted"][f"HR@{CUTOFF}"], marker="*", s=220, color="red",
-                   label="fitted planner")
+                   label="fitted planner" + (f" (VLM budget {budget:.0%})" if budget < 1 else ""))
+        if budget < 1:
+            ax.axvline(budget, color="red", linestyle=":", linewidth=1, label="max_vlm_share")
         ax.set(title=f"{task}: VLM calls vs HR@{CUTOFF} ({s['rows']} users)", xlabel="share of rows sent to the VLM",
                ylabel=f"HR@{CUTOFF}")
         ax.grid(alpha=0.3)
@@ -349,7 +353,9 @@ def render_markdown(report: dict) -> str:
                       f"Fitted plan (validation): tau_low {f['tau_low']:.3f} (low answered by {f['low']}), "
                       f"tau_high {f['tau_high']:.3f}, kappa "
                       f"{f['kappa']:.3f}: HR@{CUTOFF} {f[f'HR@{CUTOFF}']:.4f} with the VLM on {f['vlm_share']:.1%} "
-                      "of rows. " + "; ".join(f"{n} {m[f'HR@{CUTOFF}']:.4f}" for n, m in sw["modes"].items()), ""]
+                      "of rows" + (f", the best plan within the VLM budget (max_vlm_share {f['max_vlm_share']:.0%})"
+                                   if f.get("max_vlm_share", 1.0) < 1 else "") + ". "
+                      + "; ".join(f"{n} {m[f'HR@{CUTOFF}']:.4f}" for n, m in sw["modes"].items()), ""]
         lines.append("")
     return "\n".join(lines)
 

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from reasonrec.batch.config import ScoreConfig
 from reasonrec.batch.context import Scoring
-from reasonrec.planner import Aggregator, Planner, Policy
+from reasonrec.planner import NO_EVIDENCE, Aggregator, Planner, Policy
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ class FitPlannerConfig:
     tasks: tuple[str, ...] = ()  # empty: every task the bundle has tools for (sequential, direct; ctr with CTR tools)
     users: int = 0  # validation users per task (0: all of them)
     tolerance: float = 0.01  # relative HR@5 a cheaper plan may give up against the best plan on validation
+    max_vlm_share: float = 1.0  # the GPU budget: plans sending a larger share of rows to the VLM are not chosen
     grid: int = 11  # tau candidates: quantiles of the validation horizon
     regularisation: float = 1.0  # inverse L2 strength of the logistic regression
     seed: int = 0
@@ -43,6 +44,8 @@ class FitPlannerConfig:
     def __post_init__(self):
         if not 0 <= self.tolerance < 1 or self.grid < 2:
             raise ValueError("FitPlannerConfig: tolerance must be in [0, 1) and grid >= 2")
+        if not 0 <= self.max_vlm_share <= 1:
+            raise ValueError(f"FitPlannerConfig: max_vlm_share must be in [0, 1], got {self.max_vlm_share}")
 
 
 def signals(data, bundle, config: ScoreConfig, split: str, task: str, users: int = 0,
@@ -104,8 +107,9 @@ def replay(horizon: np.ndarray, confidence: np.ndarray, hits: dict[str, np.ndarr
     """(quality, VLM-call share) of every plan over the rows, vectorised. ``plans``: arrays of PLAN_FIELDS, one
     entry per plan; ``low_vote`` says whether route low is answered by the tools' vote or the primary tool."""
     c, conf = horizon[None, :], np.nan_to_num(confidence, nan=0.0)[None, :]
-    low = c < plans["tau_low"][:, None]
-    medium = ~low & (c <= plans["tau_high"][:, None])
+    unknown = c >= NO_EVIDENCE  # always the aggregator (Planner.routes)
+    low = (c < plans["tau_low"][:, None]) & ~unknown
+    medium = ~low & ~unknown & (c <= plans["tau_high"][:, None])
     vlm_alone = medium & (conf >= plans["kappa"][:, None])
     low_hits = np.where(plans["low_vote"][:, None], hits["vote"][None, :], hits["tool"][None, :])
     quality = np.where(low, low_hits, np.where(vlm_alone, hits["vlm"], hits["aggregate"]))
@@ -127,11 +131,17 @@ def plan(plans: dict[str, np.ndarray], i: int) -> dict:
             "kappa": float(plans["kappa"][i]), "low": "vote" if plans["low_vote"][i] else "tool"}
 
 
-def choose(quality: np.ndarray, share: np.ndarray, tolerance: float) -> int:
-    """The cheapest plan within ``tolerance`` (relative) of the best; ties go to the better plan. Relative to the
-    best's magnitude, so that it also holds for a log-likelihood (negative, higher is better)."""
-    best = quality.max()
-    good = quality >= best - tolerance * abs(best) - 1e-12
+def choose(quality: np.ndarray, share: np.ndarray, tolerance: float, max_share: float = 1.0) -> int:
+    """The cheapest plan within ``tolerance`` (relative) of the best plan that sends at most ``max_share`` of the rows
+    to the VLM; ties go to the better plan. Relative to the best's magnitude, so that it also holds for a
+    log-likelihood (negative, higher is better)."""
+    affordable = share <= max_share + 1e-12
+    if not affordable.any():
+        raise ValueError(f"fit-planner: no plan sends at most {max_share:.1%} of the rows to the VLM (the cheapest "
+                         f"sends {share.min():.1%}: rows with no usable history always consult it); raise "
+                         "max_vlm_share")
+    best = quality[affordable].max()
+    good = affordable & (quality >= best - tolerance * abs(best) - 1e-12)
     candidates = np.flatnonzero(good)
     return int(candidates[np.lexsort((-quality[candidates], share[candidates]))[0]])
 
@@ -165,14 +175,14 @@ def fit_task(table: pa.Table, target: np.ndarray, bundle, config: FitPlannerConf
     hits = quality_by_answerer(table, target, bundle, score, task, planner=fitted)
     plans = plan_grid(horizon, confidence, config.grid)
     quality, share = replay(horizon, confidence, hits, plans)
-    best = choose(quality, share, config.tolerance)
+    best = choose(quality, share, config.tolerance, config.max_vlm_share)
     policy = Policy(**plan(plans, best), aggregator=aggregator.to_dict())
     key = QUALITY[task]
     summary = {
         "rows": rows, "shortlist_recall": float(inside.mean()), "metric": key,
         key: {a: float(h.mean()) for a, h in hits.items()},
         "plan": {**plan(plans, best), key: float(quality[best]), "vlm_share": float(share[best])},
-        f"best_{key}": float(quality.max()), "plans_tried": int(len(quality)),
+        f"best_{key}": float(quality.max()), "plans_tried": int(len(quality)), "max_vlm_share": config.max_vlm_share,
     }
     logger.info(f"{task}: validation {key} primary tool {hits['tool'].mean():.4f}, vote {hits['vote'].mean():.4f}, "
                 f"VLM alone {hits['vlm'].mean():.4f}, aggregator {hits['aggregate'].mean():.4f}; chosen plan "
@@ -215,7 +225,8 @@ def fit_planner(data_uri: str, bundle_uri: str, config: FitPlannerConfig | None 
         writer.update(planner={
             "tools": scoring.tools_for("sequential"), "tools_by_task": {t: scoring.tools_for(t) for t in tasks},
             "policies": {t: dataclasses.asdict(p) for t, p in policies.items()},
-            "fitted_on": "valid", "tolerance": config.tolerance, "shortlist": config.score.shortlist,
+            "fitted_on": "valid", "tolerance": config.tolerance, "max_vlm_share": config.max_vlm_share,
+            "shortlist": config.score.shortlist,
             "validation": validation, "primary": scoring.primary})
         manifest = writer.commit()
     logger.info(f"bundle {manifest['version']} committed to {bundle_uri} with the fitted planner")

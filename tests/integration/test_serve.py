@@ -82,6 +82,8 @@ def test_served_answers_equal_the_nightly_job_across_routes(served, parity_reque
                                    rtol=1e-4, atol=1e-5)
         assert (got["route"], got["path"], got["tools"]) == (want["route"], want["path"], want["tools"])
         routes.add(got["route"])
+        if not request["history"]:  # no usable history: the consultation route, whatever the fitted thresholds
+            assert (got["route"], got["path"]) == ("high", "aggregate") and got["tools"], got
         if request["task"] == "ctr":
             assert sorted(x["item_id"] for x in got["items"]) == sorted(request["candidates"])
             assert all(0 <= x["score"] <= 1 for x in got["items"])

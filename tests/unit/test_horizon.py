@@ -33,6 +33,9 @@ def test_item_coldness_raises_horizon_and_unknown_items_count_cold():
 def test_routes_and_json_round_trip():
     h = fitted(0.25)
     assert h.route(np.array([0.1, 0.3, 0.7, 0.71])).tolist() == ["low", "medium", "medium", "high"]
+    h.config.tau_high = 1.0  # even then a user with no usable history (C = 1) is high risk
+    assert h.route(np.array([0.99, 1.0])).tolist() == ["medium", "high"]
+    h.config.tau_high = 0.7
     again = EvidenceHorizon.from_json(h.to_json())
     hist = csr([[1, 2], [3], [5, 6, 7, 8]])
     assert np.array_equal(h.apply(*hist), again.apply(*hist))

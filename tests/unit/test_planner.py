@@ -58,6 +58,30 @@ def test_routes_follow_the_policy_thresholds():
     assert got.tolist() == ["low", "medium", "medium", "high", "medium"]
 
 
+def test_a_user_with_no_usable_history_is_high_risk_whatever_the_thresholds():
+    # tau_high 1.0: every other horizon up to 1 is medium, but C = 1 (no evidence) always gets the consultation.
+    p = Planner(BY_TASK, {"sequential": "a"}, {"sequential": Policy(0.3, 1.0, 0.0, aggregator({}))})
+    got = p.routes(np.array(["sequential"] * 3, dtype=object), np.array([0.2, 0.99, 1.0]))
+    assert got.tolist() == ["low", "medium", "high"]
+    assert p.paths_before_vlm("planner", np.array(["sequential"] * 3, dtype=object), got).tolist() == [
+        "tool", "vlm", "aggregate"]
+    # fit-planner replays the same rule: a plan whose medium band reaches 1.0 still sends C = 1 to the aggregator.
+    hits = {"tool": np.zeros(2), "vote": np.zeros(2), "vlm": np.array([1.0, 0.0]), "aggregate": np.array([0.0, 1.0])}
+    medium_to_one = {"tau_low": np.array([0.0]), "tau_high": np.array([1.0]), "kappa": np.array([0.0]),
+                     "low_vote": np.array([False])}
+    quality, _ = replay(np.array([0.5, 1.0]), np.array([0.9, 0.9]), hits, medium_to_one)
+    assert quality[0] == 1.0  # row 0 by the VLM alone, row 1 (C = 1) by the aggregator
+
+
+def test_the_gpu_budget_picks_the_best_plan_within_the_vlm_share():
+    quality, share = np.array([0.9, 0.8, 0.6, 0.5]), np.array([1.0, 0.4, 0.2, 0.0])
+    assert choose(quality, share, tolerance=0.0) == 0
+    assert choose(quality, share, tolerance=0.0, max_share=0.5) == 1
+    assert choose(quality, share, tolerance=0.0, max_share=0.2) == 2
+    with pytest.raises(ValueError, match="no plan sends at most 10.0%"):
+        choose(quality, share + 0.3, tolerance=0.0, max_share=0.1)
+
+
 def test_each_route_in_planner_mode():
     d = decide(planner({"vlm_p": 1.0}), "planner", ["low", "medium", "medium", "high"], [0.9, 0.9, 0.2, 0.9])
     assert d.path.tolist() == ["tool", "vlm", "aggregate", "aggregate"]

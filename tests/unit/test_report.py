@@ -49,3 +49,23 @@ def test_report_prints_our_rows_beside_the_papers():
     assert "| tools-only | 0.8000 | 0.4000 | measured here |" in markdown
     assert "| dcnv2 | 0.8100 | 0.3900 | measured here (tool alone) |" in markdown
     assert "| DCNv2 | 0.8825 | 0.1742 | paper |" in markdown and "Agreement" not in markdown
+
+
+def test_the_sweep_marks_the_plan_chosen_within_the_vlm_budget(tmp_path):
+    from reasonrec.report import plot_frontier
+
+    mode = {"HR@5": 0.5, "NDCG@5": 0.4, "rows": 10, "vlm_calls": 3, "tool_calls": 10, "tool_usage": 1.0,
+            "override_rate": 0.0, "latency_mean_ms": 1.0, "users_per_s": 100}
+    fitted = {"tau_low": 0.4, "tau_high": 0.8, "kappa": 0.0, "low": "vote", "max_vlm_share": 0.3, "HR@5": 0.5,
+              "vlm_share": 0.3}
+    sweep = {"rows": 10, "plans": {"vlm_share": [0.0, 0.3, 1.0], "HR@5": [0.4, 0.5, 0.6]}, "fitted": fitted,
+             "modes": {"tools-only": {"HR@5": 0.4, "vlm_share": 0.0}}}
+    report = {"split": "test", "bundle": "v1", "tasks": {"sequential": {
+        "metric": ["HR@5", "NDCG@5"], "modes": {"planner": mode}, "routes": {"planner": []},
+        "agreement": {"planner": None}, "cold_start": {"planner": []}, "single_tools": {}, "sweep": sweep}}}
+    assert "the best plan within the VLM budget (max_vlm_share 30%)" in render_markdown(report)
+    unbudgeted = {**sweep, "fitted": {**fitted, "max_vlm_share": 1.0}}
+    report["tasks"]["sequential"]["sweep"] = unbudgeted
+    assert "VLM budget" not in render_markdown(report)
+    plot_frontier({"sequential": sweep}, str(tmp_path / "frontier.png"))
+    assert (tmp_path / "frontier.png").stat().st_size > 0
