@@ -41,8 +41,8 @@ def config(args: argparse.Namespace) -> FitPlannerJob:
     from reasonrec.config import load
 
     overrides = {"tasks": args.tasks.split(",") if args.tasks else None, "users": args.users,
-                 "tolerance": args.tolerance,
-                 "max_vlm_share": args.max_vlm_share, "score.deliberator.backend": args.vlm_backend}
+                 "tolerance": args.tolerance, "max_vlm_share": args.max_vlm_share,
+                 "score.deliberator.backend": args.vlm_backend}
     return FitPlannerJob(args.data, args.bundle, load(FitPlannerConfig, args.config, overrides))
 
 

@@ -13,6 +13,14 @@ import json
 import numpy as np
 
 ROUTES = ("low", "medium", "high")
+NO_EVIDENCE = 1.0  # C of a user with no usable history
+
+
+def route_index(c, tau_low, tau_high) -> np.ndarray:
+    """0 (low), 1 (medium) or 2 (high) per horizon, broadcasting over thresholds (e.g. a grid of plans). C =
+    NO_EVIDENCE is high whatever the thresholds: a fitted tau_high of 1.0 must not send a user nobody knows to the
+    VLM alone."""
+    return np.where(c >= NO_EVIDENCE, 2, np.where(c < tau_low, 0, np.where(c <= tau_high, 1, 2)))
 
 
 @dataclasses.dataclass
@@ -72,13 +80,10 @@ class EvidenceHorizon:
         mean_item_cold = np.where(lengths > 0, sums / np.maximum(lengths, 1), 1.0)
         w = self.config.item_weight
         c = (1 - w) * user_cold + w * mean_item_cold
-        return np.where(lengths > 0, np.clip(c, 0.0, 1.0), 1.0).astype(np.float32)
+        return np.where(lengths > 0, np.clip(c, 0.0, 1.0), NO_EVIDENCE).astype(np.float32)
 
     def route(self, c: np.ndarray) -> np.ndarray:
-        c = np.asarray(c)
-        # C = 1 (no usable history) is high risk whatever the thresholds, as in the planner's routes.
-        return np.select([c >= 1.0, c < self.config.tau_low, c <= self.config.tau_high], ["high", "low", "medium"],
-                         "high")
+        return np.array(ROUTES)[route_index(np.asarray(c), self.config.tau_low, self.config.tau_high)]
 
     def to_json(self) -> str:
         return json.dumps({

@@ -19,12 +19,12 @@ import dataclasses
 
 import numpy as np
 
+from reasonrec.horizon import route_index
 from reasonrec.scores import minmax
 
 MODES = ("tools-only", "vlm-only", "vlm+tools-always", "planner")
 PATHS = ("tool", "vote", "vlm", "aggregate")
 ROUTES = np.array(["low", "medium", "high"], dtype=object)
-NO_EVIDENCE = 1.0  # C of a user with no usable history: high risk by definition, whatever the fitted thresholds
 
 
 @dataclasses.dataclass
@@ -177,9 +177,7 @@ class Planner:
     def routes(self, task: np.ndarray, horizon: np.ndarray) -> np.ndarray:
         tau_low = self._per_task(task, lambda t: self.policy(t).tau_low).astype(np.float64)
         tau_high = self._per_task(task, lambda t: self.policy(t).tau_high).astype(np.float64)
-        route = np.where(horizon < tau_low, 0, np.where(horizon <= tau_high, 1, 2))
-        # A fitted tau_high of 1.0 would send a user nobody knows to the VLM alone: they always get consultation.
-        return ROUTES[np.where(horizon >= NO_EVIDENCE, 2, route)]
+        return ROUTES[route_index(horizon, tau_low, tau_high)]
 
     def paths_before_vlm(self, mode: str, task: np.ndarray, routes: np.ndarray) -> np.ndarray:
         """Who answers each row before the VLM's confidence is known (medium rows may still escalate)."""

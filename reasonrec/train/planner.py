@@ -19,7 +19,8 @@ import pyarrow.compute as pc
 
 from reasonrec.batch.config import ScoreConfig
 from reasonrec.batch.context import Scoring
-from reasonrec.planner import NO_EVIDENCE, Aggregator, Planner, Policy
+from reasonrec.horizon import route_index
+from reasonrec.planner import Aggregator, Planner, Policy
 
 logger = logging.getLogger(__name__)
 
@@ -107,9 +108,8 @@ def replay(horizon: np.ndarray, confidence: np.ndarray, hits: dict[str, np.ndarr
     """(quality, VLM-call share) of every plan over the rows, vectorised. ``plans``: arrays of PLAN_FIELDS, one
     entry per plan; ``low_vote`` says whether route low is answered by the tools' vote or the primary tool."""
     c, conf = horizon[None, :], np.nan_to_num(confidence, nan=0.0)[None, :]
-    unknown = c >= NO_EVIDENCE  # always the aggregator (Planner.routes)
-    low = (c < plans["tau_low"][:, None]) & ~unknown
-    medium = ~low & ~unknown & (c <= plans["tau_high"][:, None])
+    route = route_index(c, plans["tau_low"][:, None], plans["tau_high"][:, None])  # (plans, rows), as Planner.routes
+    low, medium = route == 0, route == 1
     vlm_alone = medium & (conf >= plans["kappa"][:, None])
     low_hits = np.where(plans["low_vote"][:, None], hits["vote"][None, :], hits["tool"][None, :])
     quality = np.where(low, low_hits, np.where(vlm_alone, hits["vlm"], hits["aggregate"]))
