@@ -11,7 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.compute as pc
+
 import reasonrec
+import reasonrec.api
 from jobs import cli, evaluation, finetune_vlm, fit_planner, nightly_score, prepare, synth, train_tools, write_requests
 from reasonrec.data.synthetic import SyntheticConfig
 
@@ -66,12 +69,17 @@ def run(demo: DemoConfig) -> dict:
                   for task in TASKS}
     batch_eval = {task: evaluation.run(evaluation.EvaluateJob(data, task, results=results,
                                                           run_date=manifest["run_date"])) for task in TASKS}
+    results_table = reasonrec.api.read_results(results, manifest["run_date"])
+    called = pc.fill_null(results_table.column("vlm_called"), False).to_numpy(zero_copy_only=False)
+    tasks = results_table.column("task").to_numpy(zero_copy_only=False)
+    shares = {task: float(called[tasks == task].mean()) for task in TASKS if (tasks == task).any()}
     cli.log().info(summary(manifest, tools_eval, batch_eval, vlm, planner, data, demo.out,
-                           time.perf_counter() - start))
-    return {"manifest": manifest, "tools": tools_eval, "batch": batch_eval, "vlm": vlm, "planner": planner}
+                           time.perf_counter() - start, shares))
+    return {"manifest": manifest, "tools": tools_eval, "batch": batch_eval, "vlm": vlm, "planner": planner,
+            "vlm_shares": shares}
 
 
-def summary(manifest, tools_eval, batch_eval, vlm, planner, data, out, seconds) -> str:
+def summary(manifest, tools_eval, batch_eval, vlm, planner, data, out, seconds, shares: dict) -> str:
     lines = ["", "== ReasonRec demo summary (test split) =="]
     for task, report in tools_eval.items():
         lines.append(f"{task} ({report['users']} users), every tool in the bundle:")
@@ -80,15 +88,17 @@ def summary(manifest, tools_eval, batch_eval, vlm, planner, data, out, seconds) 
         lines.append(f"  {'nightly job':>14s}  " + "  ".join(f"{k} {v:.4f}" for k, v in batch_eval[task]["metrics"]
                                                               .items())
                      + f"   (committed results, mode {manifest['mode']}; route low answered by "
-                       f"{manifest['primary'][task]} or the vote)")
-    m = vlm["metrics"]
+                       f"{manifest['primary'][task]} or the vote; the VLM on {shares.get(task, 0):.0%} of rows)")
+    m, t = vlm["metrics"], vlm["training"]
+    per_task = m.get("tasks") or {m["task"]: m}
     lines.append(
-        f"VLM deliberator (tiny Idefics3, R-VIT {vlm['training']['steps']} steps, loss "
-        f"{vlm['training']['loss_first']:.3f} -> {vlm['training']['loss_last']:.3f}), {m['users']} test users, "
-        f"{m['candidates']} candidates, alone (no tools): HR@1 tuned {m['HR@1_tuned']:.4f}, untuned "
-        f"{m['HR@1_untuned']:.4f}, images blanked {m.get('HR@1_tuned_blank_images', float('nan')):.4f}, "
-        f"chance {m['chance']:.4f}; a short schedule: the measured recipe is "
-        f"--config reasonrec/configs/rvit_synthetic.yaml (docs/results.md, Deliberator)")
+        f"VLM deliberator (tiny Idefics3, R-VIT {t['steps']} steps, loss {t['loss_first']:.3f} -> "
+        f"{t['loss_last']:.3f}), {m['users']} test users, the positive among {m['candidates']} random candidates, "
+        f"alone (no tools), chance {m['chance']:.4f}:")
+    for task, found in per_task.items():
+        lines.append(f"  {task:>14s}  HR@1 tuned {found['HR@1_tuned']:.4f}, untuned {found['HR@1_untuned']:.4f}"
+                     + (f", images blanked {found['HR@1_tuned_blank_images']:.4f}"
+                        if "HR@1_tuned_blank_images" in found else ""))
     for task, v in planner["validation"].items():
         p, key = v["plan"], v["metric"]  # HR@5, or for ctr the mean log-likelihood of the click labels
         lines.append(

@@ -22,6 +22,10 @@ class ScoreConfig:
     shortlist: int = 20  # candidates the VLM ranks: the tools' majority-vote top N (or the request's)
     template: str = "sequential-01"  # the listing template the VLM is asked with (sequential, direct)
     ctr_template: str = "ctr-01"  # the yes/no template it is asked with about each candidate of a ctr request
+    # A direct request, in the form the bundle's VLM was tuned on (its examples' direct_form): one listing prompt,
+    # or one yes/no prompt per candidate. A bundle tuned before direct_form existed is asked with ``template``.
+    direct_template: str = "direct-11"
+    direct_yes_no_template: str = "direct-01"
     deliberator: DeliberatorConfig = dataclasses.field(default_factory=DeliberatorConfig)
     vlm_actors: int = 1
     vlm_batch_size: int = 64  # rows per VLM-actor call (the backend batches inside it)

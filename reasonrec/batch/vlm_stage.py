@@ -1,5 +1,9 @@
 """The VLM stage: rows whose plan asks the VLM get a listing prompt over their shortlist and one forward pass.
 
+They are asked in the form the bundle's VLM was tuned on (its manifest's examples config, DESIGN.md §5): the same
+templates per task, the shortlist listed in the user's seeded ``listing_order``, items as title + image and, when
+it has them, their own item tokens, which are then the labels.
+
 Other rows (route low in ``planner`` mode, every row in ``tools-only``) pass through without a model call; their
 ``vlm_scores`` stay NaN. The prompt states the horizon and asks the VLM to answer on its own
 (``decision: answer``): it gives its prediction before the tools are consulted (paper Fig. 3), so that the
@@ -9,7 +13,6 @@ from __future__ import annotations
 
 import io
 import time
-import zlib
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +23,7 @@ from reasonrec.batch.columns import appended, list_parts, strings
 from reasonrec.batch.context import Scoring
 from reasonrec.batch.stream import ASKS_VLM, VLM, accepted, reject
 from reasonrec.data.vocab import Vocab
-from reasonrec.prompts.catalogue import Catalogue
+from reasonrec.prompts.catalogue import Catalogue, listing_order
 from reasonrec.prompts.cot import Deliberation, format_context
 from reasonrec.prompts.templates import Item, load_templates, render
 from reasonrec.vlm.deliberator import BundleDeliberator
@@ -30,17 +33,27 @@ NO_HISTORY = Item("no purchases yet")
 
 class PromptBuilder:
     """Request rows -> deliberator prompt rows (items as title + image): one listing prompt per sequential or direct
-    row, one yes/no prompt per candidate of a ctr row."""
+    row (each task its own listing template), one yes/no prompt per candidate of a ctr row (and of a direct row when
+    the VLM was tuned to answer direct yes/no)."""
 
     def __init__(self, catalogue: Catalogue, vocab: Vocab, template_id: str, max_history: int,
-                 ctr_template_id: str = "ctr-01"):
+                 ctr_template_id: str = "ctr-01", direct_template_id: str | None = None):
         self.template = _template(template_id, "candidates", "a listing template (e.g. sequential-01)")
         self.ctr_template = _template(ctr_template_id, "item", "a yes/no template about one item (e.g. ctr-01)")
+        # A direct row's own template: a listing one (direct-11) or a yes/no one (direct-01); None: the listing
+        # template above, as bundles tuned before the direct listing forms existed were asked.
+        self.direct_template = _template(direct_template_id, "", "a direct template") if direct_template_id else None
         self.catalogue, self.vocab, self.max_history = catalogue, vocab, max_history
 
-    def yes_no_rows(self, batch: pa.Table, shortlist: int) -> tuple[list[dict], np.ndarray, np.ndarray]:
-        """Per ctr row, one prompt per shortlist candidate: the prompts, and each prompt's row and candidate
-        position (P(yes) is the VLM's click probability)."""
+    @property
+    def direct_yes_no(self) -> bool:
+        return self.direct_template is not None and "candidates" not in self.direct_template.fields
+
+    def yes_no_rows(self, batch: pa.Table, shortlist: int, template=None) -> tuple[list[dict], np.ndarray,
+                                                                                     np.ndarray]:
+        """Per row, one prompt per shortlist candidate (``template``, default the ctr one): the prompts, and each
+        prompt's row and candidate position (P(yes) is the VLM's click probability, or its direct score)."""
+        template = template or self.ctr_template
         history = _lists_of_indices(batch.column("history"), self.vocab)
         pool = _lists_of_indices(batch.column("pool"), self.vocab)
         users = batch.column("user_id").to_pylist()
@@ -48,11 +61,12 @@ class PromptBuilder:
         route = batch.column("route").to_pylist()
         out, rows, positions = [], [], []
         for r, (u, h, p, c, level) in enumerate(zip(users, history, pool, horizon, route)):  # text: per prompt
-            h = h[h > 0][-self.max_history:]
-            shown = [self.catalogue.items[i] for i in h] or [NO_HISTORY]
+            h = h[h > 0]  # the profile describes the whole known history, the prompt shows its last items
+            profile = self.catalogue.profile(h)
+            shown = [self.catalogue.items[i] for i in h[-self.max_history:]] or [NO_HISTORY]
             context = format_context(Deliberation(decision="answer", answer="", horizon=float(c), level=level))
             for j, item in enumerate(p[:shortlist]):
-                prompt = render(self.ctr_template, user=u, profile=self.catalogue.profile(h), history=shown,
+                prompt = render(template, user=u, profile=profile, history=shown,
                                 item=self.catalogue.items[item], horizon=float(c))
                 out.append({"user_id": u, "prompt": prompt.text + "\n" + context, "images": list(prompt.images),
                             "labels": [], "context": context, "template_id": prompt.template_id})
@@ -70,14 +84,16 @@ class PromptBuilder:
         users = batch.column("user_id").to_pylist()
         horizon = batch.column("horizon").to_numpy(zero_copy_only=False)
         route = batch.column("route").to_pylist()
+        tasks = strings(batch.column("task"))
         out, orders = [], []
-        for u, h, p, c, level in zip(users, history, pool, horizon, route):  # text rendering: per prompt
-            h = h[h > 0][-self.max_history:]
-            order = np.random.default_rng(zlib.crc32(u.encode())).permutation(min(len(p), shortlist))
+        for u, h, p, c, level, task in zip(users, history, pool, horizon, route, tasks):  # text: per prompt
+            h = h[h > 0]
+            order = listing_order(u, min(len(p), shortlist))
             listed = p[order]
-            profile = self.catalogue.profile(h)
-            shown = [self.catalogue.items[i] for i in h] or [NO_HISTORY]  # a cold user still gets a prompt
-            prompt = render(self.template, user=u, profile=profile, history=shown,
+            profile = self.catalogue.profile(h)  # as in training: the whole known history
+            shown = [self.catalogue.items[i] for i in h[-self.max_history:]] or [NO_HISTORY]  # cold users too
+            template = self.direct_template if task == "direct" and self.direct_template else self.template
+            prompt = render(template, user=u, profile=profile, history=shown,
                             candidates=[self.catalogue.items[i] for i in listed], horizon=float(c))
             context = format_context(Deliberation(decision="answer", answer="", horizon=float(c), level=level))
             out.append({"user_id": u, "prompt": prompt.text + "\n" + context, "images": list(prompt.images),
@@ -92,10 +108,24 @@ class VLMStage:
         self.shortlist = config.shortlist
         examples = bundle.manifest.get("vlm", {}).get("config", {}).get("examples", {})
         catalogue = Catalogue(pq.read_table(io.BytesIO(bundle.read("catalogue.parquet"))), scoring.vocab,
-                              images=examples.get("images", True))
+                              images=examples.get("images", True), item_tokens=examples.get("item_tokens", False))
+        direct = {"listing": config.direct_template, "yes_no": config.direct_yes_no_template}.get(
+            examples.get("direct_form"))
         self.prompts = PromptBuilder(catalogue, scoring.vocab, config.template, examples.get("max_history", 5),
-                                     config.ctr_template)
+                                     config.ctr_template, direct)
         self.deliberate = BundleDeliberator(bundle, config.deliberator)
+
+    def _yes_no_rows(self, batch: pa.Table, n: int):
+        """ctr rows with the ctr template, direct rows (a VLM tuned to answer direct yes/no) with the direct one."""
+        direct = strings(batch.column("task")) == "direct"
+        if not direct.any():
+            return self.prompts.yes_no_rows(batch, n)
+        parts = [(np.flatnonzero(m), self.prompts.yes_no_rows(batch.take(np.flatnonzero(m)), n, t))
+                 for m, t in ((~direct, None), (direct, self.prompts.direct_template)) if m.any()]
+        prompts = [p for _, (found, _, _) in parts for p in found]
+        owner = np.concatenate([rows[o] for rows, (_, o, _) in parts])
+        position = np.concatenate([pos for _, (_, _, pos) in parts])
+        return prompts, owner, position
 
     def _usable(self, prompts: list[dict], owner: np.ndarray) -> tuple[np.ndarray, list]:
         """Per asked row: whether every image its prompts show can be used, and the first reason it cannot."""
@@ -127,7 +157,8 @@ class VLMStage:
         latency = pc.fill_null(batch.column("latency_ms"), 0.0).to_numpy(zero_copy_only=False).copy()
         valid = accepted(batch).copy()
         wanted = valid & np.isin(strings(batch.column("plan")), ASKS_VLM)
-        is_ctr = strings(batch.column("task")) == "ctr"
+        task = strings(batch.column("task"))
+        is_ctr = (task == "ctr") | ((task == "direct") & self.prompts.direct_yes_no)
         start = time.perf_counter()
         asked = np.flatnonzero(wanted & ~is_ctr)
         if len(asked):
@@ -143,7 +174,7 @@ class VLMStage:
             confidence[asked] = [v.confidence for v in found]
         clicks = np.flatnonzero(wanted & is_ctr)
         if len(clicks):  # one yes/no prompt per candidate; P(yes) is the VLM's click probability
-            prompts, owner, position = self.prompts.yes_no_rows(batch.take(clicks), n)
+            prompts, owner, position = self._yes_no_rows(batch.take(clicks), n)
             usable = self._usable(prompts, owner)
             batch, valid = self._reject(batch, valid, clicks, usable)
             ok, fine = usable[0], usable[0][owner]
@@ -175,6 +206,6 @@ def _lists_of_indices(column: pa.ChunkedArray, vocab: Vocab) -> list[np.ndarray]
 
 def _template(template_id: str, field: str, kind: str):
     found = [t for t in load_templates() if t.id == template_id]
-    if not found or field not in found[0].fields:
+    if not found or (field and field not in found[0].fields):
         raise ValueError(f"template {template_id!r}: not {kind}")
     return found[0]

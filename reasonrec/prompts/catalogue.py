@@ -2,17 +2,31 @@
 explanations. R-VIT training and the VLM stage build their prompts from the same object."""
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pyarrow as pa
 
 from reasonrec.prompts.templates import Item
 
 
+def item_token(item_id: str) -> str:
+    """The item's own vocabulary entry in a VLM tuned with collaborative item tokens."""
+    return f"<|item:{item_id}|>"
+
+
+def listing_order(user_id: str, n: int) -> np.ndarray:
+    """The order a user's shortlist (best first by the tools' vote) is listed in: a permutation seeded by the
+    user, the same in R-VIT training, the nightly job and Serve, so that a position tells the VLM nothing."""
+    return np.random.default_rng(zlib.crc32(user_id.encode())).permutation(n)
+
+
 class Catalogue:
     """Item index -> prompt Item (title, image); categories for profiles and explanations."""
 
-    def __init__(self, items: pa.Table, vocab, images: bool = True):
-        """``items``: the catalogue table (item_id, title, categories, image_uri); ``vocab``: items, offset 1."""
+    def __init__(self, items: pa.Table, vocab, images: bool = True, item_tokens: bool = False):
+        """``items``: the catalogue table (item_id, title, categories, image_uri); ``vocab``: items, offset 1;
+        ``item_tokens``: each item is also written as its own token (``item_token``)."""
         ids = items.column("item_id").to_pylist()
         index = vocab.index(items.column("item_id"))
         titles = items.column("title").to_pylist()
@@ -26,7 +40,8 @@ class Catalogue:
             if i < 0:
                 continue  # an item the model was not trained on
             self.ids[i] = ids[row]
-            self.items[i] = Item(titles[row] or f"item {ids[row]}", uris[row] or None)
+            self.items[i] = Item(titles[row] or f"item {ids[row]}", uris[row] or None,
+                                 item_token(ids[row]) if item_tokens else None)
             self.category[i] = (categories[row] or [None])[0]
 
     def profile(self, history: np.ndarray) -> str:

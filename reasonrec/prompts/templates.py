@@ -34,9 +34,10 @@ class Template:
 class Item:
     title: str
     image_uri: str | None = None
+    token: str | None = None  # the item's own token (collaborative item tokens), written before its title
 
     def text(self) -> str:
-        return f"{self.title} {IMAGE}" if self.image_uri else self.title
+        return " ".join(part for part in (self.token, self.title, IMAGE if self.image_uri else None) if part)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,25 +75,32 @@ def warmup_template(task: str) -> Template:
     return Template(f"{task}-warmup", task, WARMUP_TEXTS[task], "warmup")
 
 
-def templates_for(task: str) -> tuple[Template, ...]:
-    found = tuple(t for t in load_templates() if t.task == task)
+def templates_for(task: str, listing: bool | None = None) -> tuple[Template, ...]:
+    """The task's templates; ``listing`` True / False: only those that list candidates / ask about one item."""
+    found = tuple(t for t in load_templates() if t.task == task
+                  and (listing is None or ("candidates" in t.fields) == listing))
     if not found:
-        raise ValueError(f"no templates for task {task!r}")
+        raise ValueError(f"no templates for task {task!r}" + ("" if listing is None else f" (listing={listing})"))
     return found
 
 
 def render(template: Template, *, user: str, profile: str, history: list[Item] = (), candidates: list[Item] = (),
            item: Item | None = None, horizon: float | None = None, rating: int | None = None) -> Prompt:
-    """Fill every placeholder of ``template``; a placeholder without a value is an error naming it."""
-    if len(candidates) > len(LABELS):
+    """Fill every placeholder of ``template``; a placeholder without a value is an error naming it.
+
+    Candidates are listed under single-character labels, unless every one has its own item token: then the token
+    is the label (the answer names the item itself) and the listing has no letters."""
+    by_token = bool(candidates) and all(c.token for c in candidates)
+    if len(candidates) > len(LABELS) and not by_token:
         raise ValueError(f"{len(candidates)} candidates; at most {len(LABELS)} fit single-token labels")
-    labels = LABELS[:len(candidates)]
+    labels = tuple(c.token for c in candidates) if by_token else LABELS[:len(candidates)]
+    listing = ("; ".join(c.text() for c in candidates) if by_token
+               else " ".join(f"{label}) {c.text()}" for label, c in zip(labels, candidates)))
     parts = {
         "user": (user, ()),
         "profile": (profile, ()),
         "history": ("; ".join(i.text() for i in history), tuple(i.image_uri for i in history if i.image_uri)),
-        "candidates": (" ".join(f"{label}) {c.text()}" for label, c in zip(labels, candidates)),
-                       tuple(c.image_uri for c in candidates if c.image_uri)),
+        "candidates": (listing, tuple(c.image_uri for c in candidates if c.image_uri)),
         "item": (item.text(), (item.image_uri,) if item.image_uri else ()) if item else None,
         "horizon": (f"{horizon:.2f}", ()) if horizon is not None else None,
         "rating": (str(rating), ()) if rating is not None else None,

@@ -26,6 +26,11 @@ class TinyVLMConfig:
     image_size: int = 112
     patch_size: int = 28  # (112 / 28)^2 = 16 patches, pixel shuffle by 2 -> 4 tokens per image
     scale_factor: int = 2
+    # The first text layer's value and output projections start as the identity, so that from step 0 the answer
+    # position reads a mix of the prompt's token embeddings (its item tokens among them) instead of a random
+    # projection of it: with collaborative item tokens the first gradient steps then only have to learn where to
+    # look. Measured on the demo catalogue (docs/results.md): served-form HR@1 0.10 -> 0.28 after 300 steps.
+    identity_values: bool = False
     seed: int = 0
 
     @property
@@ -84,7 +89,13 @@ def build_tiny(corpus: list[str], config: TinyVLMConfig | None = None):
         scale_factor=config.scale_factor, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
     torch.manual_seed(config.seed)
-    return Idefics3ForConditionalGeneration(model_config).eval(), processor
+    model = Idefics3ForConditionalGeneration(model_config).eval()
+    if config.identity_values:
+        attention = model.model.text_model.layers[0].self_attn
+        with torch.no_grad():
+            attention.v_proj.weight.copy_(torch.eye(*attention.v_proj.weight.shape))
+            attention.o_proj.weight.copy_(torch.eye(*attention.o_proj.weight.shape))
+    return model, processor
 
 
 def save(model, processor, folder: str | Path) -> None:

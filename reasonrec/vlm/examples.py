@@ -2,9 +2,13 @@
 
 The history is what the user bought before the target item (train: up to ``per_user`` examples per user, each of the
 last training items after its prefix; valid/test: one per user, the evaluation protocol's history), the positive is
-the target. Candidates are the positive and random items the user has not bought, listed under single-token labels
-in random order. Tool outputs are computed by the bundle's tools on the same history; whether a tool named the
-positive is the tool-usability label (``usable``: the tools whose clean output was right). A configurable share of
+the target. Candidates (``candidates_from``) are either what the nightly job and Serve list, the tools' shortlist
+(``shortlist``: the Majority Vote's top N over the catalogue for sequential, over a sampled pool for direct, in the
+user's seeded ``listing_order``; a training target the shortlist misses is no example, as the VLM is never asked
+to find it there), or the positive and random items the user has not bought (``random``: the held-out HR@1 the
+demo reports). They are listed under single-token labels, or under their own item tokens when the model has them
+(``item_tokens``). ``teacher`` is the vote's score of each listed candidate (the distillation target).
+Tool outputs are computed by the bundle's tools on the same history; whether a tool named the positive is the tool-usability label (``usable``: the tools whose clean output was right). A configurable share of
 tool outputs is replaced by a random other answer than the tool's, so that the model learns when to override a tool.
 
 The decision follows the evidence horizon: low -> delegate to the primary tool, medium -> answer, high -> consult
@@ -19,7 +23,7 @@ import pyarrow as pa
 
 from reasonrec.data.prepared import PreparedData, Sequences
 from reasonrec.horizon import EvidenceHorizon
-from reasonrec.prompts.catalogue import Catalogue
+from reasonrec.prompts.catalogue import Catalogue, listing_order
 from reasonrec.prompts.cot import Deliberation, format_context
 from reasonrec.prompts.templates import LABELS, render, templates_for, warmup_template
 
@@ -40,6 +44,15 @@ class ExamplesConfig:
     images: bool = True  # show item images when the catalogue has them
     decision: str | None = None  # "answer": every example is the VLM judging alone; None: as the horizon routes
     repeats: int = 1  # draws per (user, target), each with its own candidates and asked item
+    candidates_from: str = "random"  # "shortlist": the tools' top N, as served; "random": positive + random items
+    # Direct with candidates_from shortlist: the training pool the vote shortlists from (the positive and random
+    # unseen items); None: as many as the prepared direct requests carry. Valid/test use the split's own.
+    pool: int | None = None
+    # With candidates_from shortlist: the share of listing examples over random candidates instead. The shortlist's
+    # negatives are all like the history; the random ones keep the coarse signal (popularity, category) learned.
+    random_share: float = 0.0
+    item_tokens: bool = False  # items written (and listings answered) as their own tokens
+    direct_form: str = "yes_no"  # "listing": a direct user is one prompt over its candidates, like sequential
     seed: int = 0
 
     def __post_init__(self):
@@ -48,12 +61,18 @@ class ExamplesConfig:
         unknown = set(self.task_shares) - set(TASKS)
         if unknown or not sum(self.task_shares.values()) > 0:
             raise ValueError(f"task_shares: unknown tasks {sorted(unknown)} or no positive share; tasks are {TASKS}")
+        if not 0 <= self.random_share <= 1:
+            raise ValueError(f"random_share must be in [0, 1], got {self.random_share}")
         if not 0 <= self.noise <= 1:
             raise ValueError(f"noise must be in [0, 1], got {self.noise}")
         if self.decision not in (None, *DECISIONS):
             raise ValueError(f"decision must be one of {DECISIONS} or null, got {self.decision!r}")
         if self.repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
+        if self.direct_form not in ("yes_no", "listing"):
+            raise ValueError(f"direct_form must be 'yes_no' or 'listing', got {self.direct_form!r}")
+        if self.candidates_from not in ("random", "shortlist"):
+            raise ValueError(f"candidates_from must be 'random' or 'shortlist', got {self.candidates_from!r}")
 
 
 SCHEMA = pa.schema([
@@ -61,7 +80,7 @@ SCHEMA = pa.schema([
     ("level", pa.string()), ("decision", pa.string()), ("prompt", pa.string()), ("images", pa.list_(pa.string())),
     ("labels", pa.list_(pa.string())), ("candidates", pa.list_(pa.string())), ("answer", pa.string()),
     ("context", pa.string()), ("tools", pa.list_(pa.string())), ("tool_outputs", pa.list_(pa.string())),
-    ("usable", pa.list_(pa.string())), ("noisy", pa.list_(pa.bool_())),
+    ("usable", pa.list_(pa.string())), ("noisy", pa.list_(pa.bool_())), ("teacher", pa.list_(pa.float32())),
 ])
 
 
@@ -135,6 +154,50 @@ def tool_rankings(tools: dict, history: Sequences, candidates: np.ndarray, chunk
     return out
 
 
+def vote_scores(tools: dict, history: Sequences, candidates: np.ndarray | None = None, exclude: bool = False,
+                chunk: int = 2048) -> np.ndarray:
+    """The Majority Vote of ``tools`` (as the tool stage computes it): (U, n) over each row's candidates, or over
+    the whole catalogue (``candidates`` None; ``exclude``: the history's items and padding at -inf)."""
+    import torch
+
+    from reasonrec.scores import majority_vote
+    from reasonrec.tools.base import exclude_seen
+
+    parts = []
+    for lo in range(0, len(history), chunk):
+        rows = history.select(np.arange(lo, min(lo + chunk, len(history))))
+        with torch.no_grad():
+            vote = majority_vote([tool.score(rows).float() for tool in tools.values()])
+        if exclude:
+            exclude_seen(vote, rows)
+        parts.append(vote.numpy() if candidates is None else
+                     np.take_along_axis(vote.numpy(), candidates[lo:lo + len(rows)], axis=1))
+    return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+
+
+def shortlist(tools: dict, history: Sequences, n: int, pool: np.ndarray | None = None) -> np.ndarray:
+    """(U, n) catalogue indices: the vote's top n best first, over the catalogue without the history (sequential)
+    or over each row's ``pool`` (direct), as the tool stage hands them to the VLM stage."""
+    scores = vote_scores(tools, history, None if pool is None else np.maximum(pool, 0), exclude=pool is None)
+    if pool is not None:
+        scores = np.where(pool > 0, scores, -np.inf)  # padding of a short candidate list
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :n]
+    return top if pool is None else np.take_along_axis(pool, top, axis=1)
+
+
+def listed_shortlists(tools, history, target, pool, config) -> tuple[dict, dict]:
+    """Per listing task, the (U, n) shortlist in each user's listing order and the positive's position (-1: the
+    shortlist misses it); direct shortlists from ``pool`` (U, m)."""
+    n = config.candidates
+    order = np.stack([listing_order(str(u), n) for u in history.user_ids]) if len(target) else np.zeros((0, n), int)
+    listed, found = {}, {}
+    for task, short in (("sequential", shortlist(tools, history, n)), ("direct", shortlist(tools, history, n, pool))):
+        listed[task] = np.take_along_axis(short, order, axis=1)
+        hit = listed[task] == target[:, None]
+        found[task] = np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
+    return listed, found
+
+
 def build_examples(data: PreparedData, split: str, horizon: EvidenceHorizon, tools: dict, config: ExamplesConfig,
                    decision: str | None = None, tasks: dict | None = None, every_candidate: bool = False,
                    keep: np.ndarray | None = None, warmup: bool = False) -> pa.Table:
@@ -157,26 +220,43 @@ def _build(data, split, horizon, tools, config, decision, tasks, every_candidate
     if keep is not None:
         history, target = history.select(np.asarray(keep)), target[np.asarray(keep)]
     users = len(target)
-    c = horizon.apply(history.lengths, history.offsets, history.items)
-    levels = horizon.route(c)
-    candidates, position = sample_candidates(history, target, data.n_items, config.candidates, rng)
-    rankings = tool_rankings(tools, history, candidates)
     names = list(tools)
     shares = tasks or config.task_shares
     task_names = list(shares)
     p = np.array([shares[t] for t in task_names], dtype=float)
     task = np.array(task_names)[rng.choice(len(task_names), size=users, p=p / p.sum())]
+    candidates, position = sample_candidates(history, target, data.n_items, config.candidates, rng)
+    # Direct is listed like sequential (one prompt, a label per candidate) unless it is asked yes/no per candidate.
+    listing = (task == "sequential") | ((task == "direct") & (config.direct_form == "listing"))
+    if config.candidates_from == "shortlist" and names and users:
+        listed, found = listed_shortlists(tools, history, target, _direct_pool(data, split, history, target, keep,
+                                                                               config, rng), config)
+        shortlisted = rng.random(users) >= config.random_share
+        for t in ("sequential", "direct"):
+            rows = (task == t) & shortlisted
+            candidates[rows], position[rows] = listed[t][rows], found[t][rows]
+        kept = np.flatnonzero(~listing | (position >= 0))  # a target the shortlist misses: nothing to learn
+        history, target, task, candidates, position, listing = (
+            history.select(kept), target[kept], task[kept], candidates[kept], position[kept], listing[kept])
+        users = len(target)
+    c = horizon.apply(history.lengths, history.offsets, history.items)
+    levels = horizon.route(c)
+    rankings = tool_rankings(tools, history, candidates)
+    teacher = vote_scores(tools, history, candidates) if names and users else np.zeros(candidates.shape, np.float32)
     # yes/no tasks ask about one candidate: the positive half of the time.
     asked = np.where(rng.random(users) < 0.5, position, rng.integers(0, config.candidates, users))
     noisy = rng.random((users, len(names))) < config.noise
     other = rng.integers(1, config.candidates, (users, len(names)))  # a noisy output: another candidate
-    catalogue = Catalogue(data.table("items"), data.item_vocab, images=config.images)
-    templates = {t: (warmup_template(t),) if warmup else templates_for(t) for t in task_names}
+    catalogue = Catalogue(data.table("items"), data.item_vocab, images=config.images,
+                          item_tokens=config.item_tokens)
+    forms = {(t, is_listing): (warmup_template("sequential" if is_listing else t),) if warmup else templates_for(
+        t, is_listing if t in ("direct", "sequential") else None) for t in task_names for is_listing in (False, True)
+        if t != "sequential" or is_listing}
     template_pick = rng.integers(0, 10, users)
 
     rows = {name: [] for name in SCHEMA.names}
-    yes_no_tasks = np.isin(task, ["direct", "ctr"])
-    per_user = np.where(yes_no_tasks & every_candidate, config.candidates, 1)
+    yes_no = ~listing & np.isin(task, ["direct", "ctr"])
+    per_user = np.where(yes_no & every_candidate, config.candidates, 1)
     example_user = np.repeat(np.arange(users), per_user)
     example_asked = np.where(np.repeat(per_user, per_user) > 1,
                              np.arange(per_user.sum()) - np.repeat(np.cumsum(per_user) - per_user, per_user),
@@ -185,20 +265,20 @@ def _build(data, split, horizon, tools, config, decision, tasks, every_candidate
         h = history.items[history.offsets[u]:history.offsets[u + 1]]
         shown = h[-config.max_history:]
         t = task[u]
-        template = templates[t][template_pick[u] % len(templates[t])]
-        yes_no = t in ("direct", "ctr")
-        if t == "sequential":
-            listed = candidates[u]
-            answer = LABELS[position[u]]
+        options = forms[(t, bool(listing[u]))]
+        template = options[template_pick[u] % len(options)]
+        listed = candidates[u] if listing[u] else candidates[u, a:a + 1] if yes_no[u] else np.array([target[u]])
+        labels = [catalogue.items[i].token or label for i, label in zip(candidates[u], LABELS)]
+        if listing[u]:
+            answer = labels[position[u]]
         else:
-            listed = candidates[u, a:a + 1] if yes_no else np.array([target[u]])
-            answer = ("yes" if a == position[u] else "no") if yes_no else catalogue.explanation(h, target[u])
+            answer = ("yes" if a == position[u] else "no") if yes_no[u] else catalogue.explanation(h, target[u])
         outputs, correct = [], []
         for k, name in enumerate(names):
             ranked = rankings[name][u]
             top = (ranked[0] + other[u, k]) % config.candidates if noisy[u, k] else ranked[0]
-            if t == "sequential":
-                outputs.append(LABELS[top])
+            if listing[u]:
+                outputs.append(labels[top])
                 correct.append(bool(ranked[0] == position[u]))
             else:  # a tool says yes when it ranks the asked item in its top quarter
                 top_quarter = ranked[:max(1, config.candidates // 4)]
@@ -215,7 +295,7 @@ def _build(data, split, horizon, tools, config, decision, tasks, every_candidate
                          tool_outputs=tuple(outputs[names.index(n)] for n in used))
         prompt = render(template, user=str(history.user_ids[u]), profile=catalogue.profile(h),
                         history=[catalogue.items[i] for i in shown],
-                        candidates=[catalogue.items[i] for i in listed] if t == "sequential" else (),
+                        candidates=[catalogue.items[i] for i in listed] if listing[u] else (),
                         item=catalogue.items[listed[0]], horizon=float(c[u]), rating=5)
         context = format_context(d)
         rows["user_id"].append(str(history.user_ids[u]))
@@ -234,4 +314,16 @@ def _build(data, split, horizon, tools, config, decision, tasks, every_candidate
         rows["tool_outputs"].append(list(d.tool_outputs))
         rows["usable"].append([n for n, ok in zip(names, correct) if ok])
         rows["noisy"].append([bool(noisy[u, names.index(n)]) for n in used])
+        rows["teacher"].append(teacher[u].tolist() if listing[u] else [])
     return pa.table(rows, schema=SCHEMA)
+
+
+def _direct_pool(data, split, history, target, keep, config, rng) -> np.ndarray:
+    """The candidates a direct request carries: the split's own (valid/test), else the positive and random unseen
+    items, as many as the prepared requests have (or ``config.pool``)."""
+    if split != "train":
+        pool = data.eval_set(split).candidates
+        return pool if keep is None else pool[np.asarray(keep)]
+    size = config.pool or data.eval_set("valid").candidates.shape[1]
+    size = min(size, data.n_items - int(history.lengths.max(initial=0)))
+    return sample_candidates(history, target, data.n_items, size, rng)[0]

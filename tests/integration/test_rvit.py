@@ -216,3 +216,40 @@ def test_shipped_recipe_and_cli_flags_make_one_config():
     assert (config.tiny.hidden_size, config.tiny.layers) == (256, 4)
     assert config.examples.decision == "answer" and config.examples.repeats == 8
     assert config.examples.task_shares == {"direct": 1.0}
+
+
+def test_a_served_prompt_is_the_prompt_the_vlm_was_tuned_on(synthetic_data, horizon, tools, bundle_uri):
+    """Train what is served: for the same test user, the R-VIT example and the prompt the nightly job's VLM stage
+    writes from the tool stage's shortlist share template, candidates (the vote's top N in the user's listing
+    order), labels (the items' own tokens) and deliberation lines, character for character."""
+    import pyarrow as pa
+
+    from reasonrec.batch.config import ScoreConfig
+    from reasonrec.batch.context import Scoring
+    from reasonrec.batch.local import LocalPipeline
+    from reasonrec.batch.requests import requests_for_split
+    from reasonrec.batch.vlm_stage import PromptBuilder
+    from reasonrec.prompts.catalogue import Catalogue
+
+    n = 8
+    config = ExamplesConfig(candidates=n, max_history=3, candidates_from="shortlist", item_tokens=True,
+                            direct_form="listing", decision="answer", noise=0.0, seed=3)
+    scoring = Scoring.load(bundle_uri, ScoreConfig(mode="tools-only", shortlist=n))
+    assert scoring.tools_for("sequential") == list(tools)
+    catalogue = Catalogue(synthetic_data.table("items"), synthetic_data.item_vocab, item_tokens=True)
+    builder = PromptBuilder(catalogue, scoring.vocab, "sequential-01", 3, direct_template_id="direct-11")
+    for task, template in (("sequential", "sequential-01"), ("direct", "direct-11")):
+        examples = build_examples(synthetic_data, "test", horizon, tools, config, tasks={task: 1.0}).to_pylist()
+        chosen = [e for e in examples if e["template_id"] == template][:6]
+        assert len(chosen) >= 3
+        requests = requests_for_split(synthetic_data, "test", task, k=5)
+        requests = requests.filter(pc.is_in(requests["user_id"], value_set=pa.array([e["user_id"] for e in chosen])))
+        served, _ = builder.rows(LocalPipeline(scoring, decide=False)(requests), n)
+        by_user = {p["user_id"]: p for p in served}
+        for e in chosen:
+            p = by_user[e["user_id"]]
+            assert p["labels"] == e["labels"], (p["labels"], e["labels"])
+            assert p["prompt"] == e["prompt"], (p["prompt"], e["prompt"])
+            assert (p["template_id"], p["prompt"], p["labels"], p["context"]) == (
+                e["template_id"], e["prompt"], e["labels"], e["context"])
+            assert e["answer"] in p["labels"] and p["labels"][0].startswith("<|item:")

@@ -22,11 +22,17 @@ VALUES = dict(user="u42", profile="12 purchases, mostly skin care", history=HIST
 
 def test_four_tasks_ten_templates_each_with_distinct_texts():
     templates = load_templates()
-    assert len(templates) == 40
-    for task in ("sequential", "direct", "ctr", "explain"):
+    assert len(templates) == 50
+    for task in ("sequential", "ctr", "explain"):
         texts = [t.text for t in templates_for(task)]
         assert len(texts) == 10 and len(set(texts)) == 10
     assert {t.metric for t in templates_for("ctr")} == {"AUC"}
+    # direct: ten yes/no forms about one item, then ten listing forms (the served one is direct-11)
+    yes_no, listing = templates_for("direct", listing=False), templates_for("direct", listing=True)
+    assert len(yes_no) == len(listing) == 10 and listing[0].id == "direct-11"
+    assert len({t.text for t in yes_no + listing}) == 20 and templates_for("sequential", listing=True)
+    with pytest.raises(ValueError, match="listing=False"):
+        templates_for("sequential", listing=False)
 
 
 @pytest.mark.parametrize("template", load_templates(), ids=lambda t: t.id)
@@ -39,7 +45,7 @@ def test_every_placeholder_is_filled_and_no_template_names_the_answer(template):
         assert "horizon" not in template.fields and "4" in prompt.text
     else:
         assert "0.82" in prompt.text
-    if template.task == "sequential":
+    if "candidates" in template.fields:
         assert prompt.labels == LABELS[:20] and "T) cand 19 <image>" in prompt.text
         assert prompt.images[0] == "s3://b/i/1.png"  # the history comes before the candidates in every template
     elif template.task in ("direct", "ctr"):  # the model has no memory of users: the history is its evidence
@@ -59,6 +65,17 @@ def test_warmup_form_shows_the_evidence_and_names_no_answer(task):
         assert prompt.text.startswith("Rose oil <image>")
     with pytest.raises(ValueError, match="no warm-up form"):
         warmup_template("summary")
+
+
+def test_items_with_their_own_tokens_are_listed_and_answered_by_token():
+    tokened = [Item(f"cand {i}", None, f"<|item:i{i}|>") for i in range(60)]  # more than the 52 letters
+    prompt = render(templates_for("direct", listing=True)[0], **{**VALUES, "candidates": tokened,
+                                                                  "history": [Item("Rose oil", None, "<|item:r|>")]})
+    assert prompt.labels == tuple(f"<|item:i{i}|>" for i in range(60))
+    assert "<|item:i0|> cand 0; <|item:i1|> cand 1;" in prompt.text and "A)" not in prompt.text
+    assert "<|item:r|> Rose oil" in prompt.text
+    mixed = render(templates_for("sequential")[0], **{**VALUES, "candidates": tokened[:2] + CANDIDATES[:1]})
+    assert mixed.labels == LABELS[:3]  # one candidate without a token: letters for all
 
 
 def test_missing_value_and_too_many_candidates_are_named():

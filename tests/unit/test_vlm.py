@@ -57,3 +57,47 @@ def test_label_logprobs_same_in_a_batch_alone_and_after_reload(tiny, catalogue, 
     reloaded = TransformersDeliberator(*load(folder), batch_size=3).label_logprobs(batch)
     for a, b in zip(together, reloaded):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_item_tokens_start_from_the_tool_vectors_and_survive_export(synthetic_data, tmp_path):
+    """Collaborative item tokens: one token per item after a space (so it can be a label), input and output rows
+    from the projected tool vectors (dot products kept up to a common factor), cold items at their group's mean,
+    and the exported folder reloads with the same tokens and rows."""
+    import torch
+
+    from reasonrec.prompts.catalogue import item_token
+    from reasonrec.vlm.backends import label_token_ids
+    from reasonrec.vlm.item_tokens import add_item_tokens, initial_rows
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(6, 32))
+    warm = np.array([True, True, True, True, False, False])
+    groups = np.array(["a", "a", "b", "b", "a", "c"], dtype=object)
+    rows = initial_rows(vectors, warm, groups, width=128, scale=1.0)
+    assert np.linalg.norm(rows[:4], axis=1).mean() == pytest.approx(1.0, rel=0.2)
+    np.testing.assert_allclose(rows[4], rows[:2].mean(axis=0))  # cold, group a
+    np.testing.assert_allclose(rows[5], rows[:4].mean(axis=0))  # cold, a group without warm items
+    wide = initial_rows(vectors, np.ones(6, bool), groups, width=4096, scale=1.0)
+    cosine = lambda m: (m / np.linalg.norm(m, axis=1, keepdims=True)) @ (m / np.linalg.norm(m, axis=1, keepdims=True)).T
+    assert np.abs(cosine(wide) - cosine(vectors)).max() < 0.1  # a random projection keeps the geometry
+
+    model, processor = build_tiny(synthetic_data.table("items").column("title").to_pylist(),
+                                  TinyVLMConfig(vocab_size=1024))
+    ids = add_item_tokens(model, processor.tokenizer, [f"x{i}" for i in range(6)], rows)
+    labels = [item_token(f"x{i}") for i in range(6)]
+    assert label_token_ids(processor.tokenizer, labels) == ids
+    assert processor.tokenizer("bought" + " " + labels[2], add_special_tokens=False).input_ids[-1] == ids[2]
+    for weights in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
+        torch.testing.assert_close(weights[ids].float(), torch.tensor(rows, dtype=torch.float32))
+    save(model, processor, tmp_path / "with-items")
+    reloaded, reprocessor = load(tmp_path / "with-items")
+    assert label_token_ids(reprocessor.tokenizer, labels) == ids
+    torch.testing.assert_close(reloaded.get_output_embeddings().weight[ids], model.get_output_embeddings().weight[ids])
+
+
+def test_identity_values_make_the_first_layer_copy(synthetic_data):
+    model, _ = build_tiny(["a title"], TinyVLMConfig(vocab_size=1024, identity_values=True))
+    attention = model.model.text_model.layers[0].self_attn
+    eye = np.eye(attention.v_proj.weight.shape[0])
+    np.testing.assert_allclose(attention.v_proj.weight.detach().numpy(), eye)
+    np.testing.assert_allclose(attention.o_proj.weight.detach().numpy(), eye)

@@ -16,8 +16,9 @@ def choices(prompt) -> tuple[str, ...]:
 
 
 def label_token_ids(tokenizer, labels) -> list[int]:
-    """Each label's token id when it follows a space (single tokens by construction of the tokenizer)."""
-    ids = [tokenizer.convert_tokens_to_ids(tokenizer.tokenize(" " + label)) for label in labels]
+    """Each label's token id when it follows a space (single tokens by construction of the tokenizer; an item
+    token absorbs the space)."""
+    ids = [tokenizer(" " + label, add_special_tokens=False).input_ids for label in labels]
     if any(len(i) != 1 for i in ids):
         raise ValueError(f"labels {labels} are not single tokens after a space in this tokenizer")
     return [i[0] for i in ids]
