@@ -8,8 +8,9 @@ user's seeded ``listing_order``; a training target the shortlist misses is no ex
 to find it there), or the positive and random items the user has not bought (``random``: the held-out HR@1 the
 demo reports). They are listed under single-token labels, or under their own item tokens when the model has them
 (``item_tokens``). ``teacher`` is the vote's score of each listed candidate (the distillation target).
-Tool outputs are computed by the bundle's tools on the same history; whether a tool named the positive is the tool-usability label (``usable``: the tools whose clean output was right). A configurable share of
-tool outputs is replaced by a random other answer than the tool's, so that the model learns when to override a tool.
+Tool outputs are computed by the bundle's tools on the same history; whether a tool named the positive is the
+tool-usability label (``usable``: the tools whose clean output was right). A configurable share of tool outputs
+is replaced by a random other answer than the tool's, so that the model learns when to override a tool.
 
 The decision follows the evidence horizon: low -> delegate to the primary tool, medium -> answer, high -> consult
 all tools. ``decision="answer"`` builds VLM-alone prompts (no tool outputs) for evaluation and ablations.
