@@ -155,45 +155,45 @@ def tool_rankings(tools: dict, history: Sequences, candidates: np.ndarray, chunk
     return out
 
 
-def vote_scores(tools: dict, history: Sequences, candidates: np.ndarray | None = None, exclude: bool = False,
-                chunk: int = 2048) -> np.ndarray:
-    """The Majority Vote of ``tools`` (as the tool stage computes it): (U, n) over each row's candidates, or over
-    the whole catalogue (``candidates`` None; ``exclude``: the history's items and padding at -inf)."""
+def _votes(tools: dict, history: Sequences, chunk: int = 2048):
+    """The Majority Vote of ``tools`` over the catalogue (as the tool stage computes it), per chunk of users:
+    (first row, the chunk's histories, (rows, items) vote)."""
     import torch
 
     from reasonrec.scores import majority_vote
-    from reasonrec.tools.base import exclude_seen
 
-    parts = []
     for lo in range(0, len(history), chunk):
         rows = history.select(np.arange(lo, min(lo + chunk, len(history))))
         with torch.no_grad():
-            vote = majority_vote([tool.score(rows).float() for tool in tools.values()])
-        if exclude:
-            exclude_seen(vote, rows)
-        parts.append(vote.numpy() if candidates is None else
-                     np.take_along_axis(vote.numpy(), candidates[lo:lo + len(rows)], axis=1))
-    return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+            yield lo, rows, majority_vote([tool.score(rows).float() for tool in tools.values()])
 
 
-def shortlist(tools: dict, history: Sequences, n: int, pool: np.ndarray | None = None) -> np.ndarray:
-    """(U, n) catalogue indices: the vote's top n best first, over the catalogue without the history (sequential)
-    or over each row's ``pool`` (direct), as the tool stage hands them to the VLM stage."""
-    scores = vote_scores(tools, history, None if pool is None else np.maximum(pool, 0), exclude=pool is None)
-    if pool is not None:
-        scores = np.where(pool > 0, scores, -np.inf)  # padding of a short candidate list
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :n]
-    return top if pool is None else np.take_along_axis(pool, top, axis=1)
+def vote_scores(tools: dict, history: Sequences, candidates: np.ndarray) -> np.ndarray:
+    """(U, n) the vote's scores of each row's candidates."""
+    parts = [np.take_along_axis(vote.numpy(), candidates[lo:lo + len(rows)], axis=1)
+             for lo, rows, vote in _votes(tools, history)]
+    return np.concatenate(parts) if parts else np.zeros(candidates.shape, dtype=np.float32)
 
 
 def listed_shortlists(tools, history, target, pool, config) -> tuple[dict, dict]:
-    """Per listing task, the (U, n) shortlist in each user's listing order and the positive's position (-1: the
-    shortlist misses it); direct shortlists from ``pool`` (U, m)."""
+    """Per listing task, the (U, n) shortlist the tool stage hands the VLM stage (the vote's top n, over the catalogue
+    without the history for sequential, over each row's ``pool`` for direct), in each user's listing order, and the
+    positive's position (-1: the shortlist misses it). One vote per user serves both tasks."""
+    from reasonrec.tools.base import exclude_seen
+
     n = config.candidates
-    order = np.stack([listing_order(str(u), n) for u in history.user_ids]) if len(target) else np.zeros((0, n), int)
+    short = {"sequential": [], "direct": []}
+    for lo, rows, vote in _votes(tools, history):
+        rows_pool = pool[lo:lo + len(rows)]
+        picked = np.take_along_axis(vote.numpy(), np.maximum(rows_pool, 0), axis=1)
+        picked = np.where(rows_pool > 0, picked, -np.inf)  # padding of a short candidate list
+        top = np.argsort(-picked, axis=1, kind="stable")[:, :n]
+        short["direct"].append(np.take_along_axis(rows_pool, top, axis=1))
+        short["sequential"].append(np.argsort(-exclude_seen(vote, rows).numpy(), axis=1, kind="stable")[:, :n])
+    order = np.stack([listing_order(str(u), n) for u in history.user_ids])
     listed, found = {}, {}
-    for task, short in (("sequential", shortlist(tools, history, n)), ("direct", shortlist(tools, history, n, pool))):
-        listed[task] = np.take_along_axis(short, order, axis=1)
+    for task, parts in short.items():
+        listed[task] = np.take_along_axis(np.concatenate(parts), order, axis=1)
         hit = listed[task] == target[:, None]
         found[task] = np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
     return listed, found
