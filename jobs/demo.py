@@ -29,6 +29,9 @@ class DemoConfig:
     tools_config: str = str(CONFIGS / "demo_tools.yaml")  # TrainToolsConfig YAML
     vlm_config: str = str(CONFIGS / "demo_vlm.yaml")  # FinetuneConfig YAML
     vlm_steps: int | None = None  # None: the VLM config's
+    # Validation users the planner is fitted on (0: all): 1,000 of the ~1,900 keep the demo within 10 minutes on 2
+    # cores, the VLM's pass over them being most of fit-planner's time.
+    planner_users: int = 1000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +53,7 @@ def config(args: argparse.Namespace) -> DemoConfig:
 def run(demo: DemoConfig) -> dict:
     from reasonrec import storage
     from reasonrec.config import load
+    from reasonrec.train.planner import FitPlannerConfig, without_vlm
     from reasonrec.train.tools import TrainToolsConfig
     from reasonrec.vlm.finetune import FinetuneConfig
 
@@ -61,7 +65,8 @@ def run(demo: DemoConfig) -> dict:
     train_tools.run(train_tools.TrainToolsJob(data, bundle, load(TrainToolsConfig, demo.tools_config)))
     vlm = finetune_vlm.run(finetune_vlm.FinetuneJob(
         data, bundle, vlm=load(FinetuneConfig, demo.vlm_config, {"steps": demo.vlm_steps})))["vlm"]
-    planner = fit_planner.run(fit_planner.FitPlannerJob(data, bundle))["planner"]
+    planner = fit_planner.run(fit_planner.FitPlannerJob(data, bundle, FitPlannerConfig(users=demo.planner_users)))[
+        "planner"]
     write_requests.run(write_requests.RequestsJob(data, shards, tasks=TASKS, shard_rows=1000))
     manifest = nightly_score.run(nightly_score.NightlyJob(shards, bundle, results, force=True))
     tools_eval = {task: evaluation.run(evaluation.EvaluateJob(data, task, bundle=bundle,
@@ -69,17 +74,19 @@ def run(demo: DemoConfig) -> dict:
                   for task in TASKS}
     batch_eval = {task: evaluation.run(evaluation.EvaluateJob(data, task, results=results,
                                                           run_date=manifest["run_date"])) for task in TASKS}
+    ablation = without_vlm(data, bundle)  # the fitted plan, the VLM removed: what the VLM adds on test
     results_table = reasonrec.api.read_results(results, manifest["run_date"])
     called = pc.fill_null(results_table.column("vlm_called"), False).to_numpy(zero_copy_only=False)
     tasks = results_table.column("task").to_numpy(zero_copy_only=False)
     shares = {task: float(called[tasks == task].mean()) for task in TASKS if (tasks == task).any()}
     cli.log().info(summary(manifest, tools_eval, batch_eval, vlm, planner, data, demo.out,
-                           time.perf_counter() - start, shares))
+                           time.perf_counter() - start, shares, ablation))
     return {"manifest": manifest, "tools": tools_eval, "batch": batch_eval, "vlm": vlm, "planner": planner,
-            "vlm_shares": shares}
+            "vlm_shares": shares, "without_vlm": ablation}
 
 
-def summary(manifest, tools_eval, batch_eval, vlm, planner, data, out, seconds, shares: dict) -> str:
+def summary(manifest, tools_eval, batch_eval, vlm, planner, data, out, seconds, shares: dict,
+            ablation: dict | None = None) -> str:
     lines = ["", "== ReasonRec demo summary (test split) =="]
     for task, report in tools_eval.items():
         lines.append(f"{task} ({report['users']} users), every tool in the bundle:")
@@ -89,6 +96,11 @@ def summary(manifest, tools_eval, batch_eval, vlm, planner, data, out, seconds, 
                                                               .items())
                      + f"   (committed results, mode {manifest['mode']}; route low answered by "
                        f"{manifest['primary'][task]} or the vote; the VLM on {shares.get(task, 0):.0%} of rows)")
+        if task in (ablation or {}):
+            key, committed = next(iter(ablation[task].items())), batch_eval[task]["metrics"]
+            lines.append(f"  {'without the VLM':>14s}  {key[0]} {key[1]:.4f}   (the same fitted plan, the tools' "
+                         f"aggregator on the rows it sends to the VLM; committed {key[0]} "
+                         f"{committed.get(key[0], float('nan')):.4f})")
     m, t = vlm["metrics"], vlm["training"]
     per_task = m.get("tasks") or {m["task"]: m}
     lines.append(

@@ -36,6 +36,8 @@ class Policy:
     kappa: float = 0.0  # a medium row whose VLM confidence is below kappa escalates to the aggregator
     aggregator: dict | None = None  # Aggregator.to_dict()
     low: str = "tool"  # who answers route low: the task's primary tool, or the consulted tools' majority "vote"
+    # The same aggregator fitted without the VLM's evidence: the ablation that says what the VLM adds (fit-planner)
+    tools_aggregator: dict | None = None
 
     def __post_init__(self):
         if self.low not in ("tool", "vote"):
@@ -82,7 +84,7 @@ class Aggregator:
             return ctr_features(tool_scores, vote, vlm, horizon)
         p = np.nan_to_num(vlm, nan=0.0)
         top = (p == p.max(axis=1, keepdims=True)) & (p > 0)
-        conf, c = confidence[:, None], horizon[:, None]
+        conf, c = np.nan_to_num(confidence, nan=0.0)[:, None], horizon[:, None]  # NaN: the VLM was not asked
         columns = [p, np.log(p + 1e-6), top, top * conf, p * c]
         for scores in [*tool_scores, vote]:
             rr = reciprocal_rank(scores)

@@ -32,6 +32,7 @@ class ReportConfig:
     sweep_users: int = 1000  # users per task replayed in the threshold sweep (0: no sweep)
     backend: str = "auto"  # the VLM backend for the sweep's signals
     groups: int = 10  # cold-start groups
+    item_groups: int = 5  # new-item groups: rows by their target's training interactions
 
 
 def load_run(output: str) -> tuple[dict, pa.Table]:
@@ -114,6 +115,22 @@ def cold_start(results: pa.Table, measure, data, groups: int) -> list[dict]:
         out.append({"group": g + 1, "users": int(len(rows)), "train_interactions": [int(frequency[rows].min()),
                                                                                    int(frequency[rows].max())],
                     **measure(rows), "tool_usage": float(tools[rows].mean())})
+    return out
+
+
+def new_items(results: pa.Table, target: np.ndarray, measure, data, groups: int) -> list[dict]:
+    """Rows in ``groups`` equal groups by their target item's training interactions (the first groups: new arrivals
+    and the long tail, which an ID-only tool knows least), each with ``measure(rows)`` and the VLM's share."""
+    counts = np.bincount(data.train.items, minlength=data.n_items + 1)
+    index = data.item_vocab.index(np.asarray(target, dtype=object))
+    frequency = np.where(index > 0, counts[np.maximum(index, 0)], 0)
+    vlm = _np(results.column("vlm_called")).astype(bool)
+    out = []
+    for g, rows in enumerate(np.array_split(np.argsort(frequency, kind="stable"), groups)):
+        if len(rows):
+            out.append({"group": g + 1, "rows": int(len(rows)),
+                        "target_interactions": [int(frequency[rows].min()), int(frequency[rows].max())],
+                        **measure(rows), "vlm_share": float(vlm[rows].mean())})
     return out
 
 
@@ -253,7 +270,8 @@ def write_report(run_uris: list[str], data_uri: str, out: str | None = None, con
     dataset = data.meta["dataset"]
     report = {"split": config.split, "bundle": bundle.version, "dataset": dataset, "tasks": {}}
     for task in tasks:
-        section = {"metric": METRIC[task], "modes": {}, "routes": {}, "agreement": {}, "cold_start": {}}
+        section = {"metric": METRIC[task], "modes": {}, "routes": {}, "agreement": {}, "cold_start": {},
+                   "new_items": {}}
         for mode, (manifest, results) in runs.items():
             rows = results.filter(pc.equal(results.column("task"), task))
             if not rows.num_rows:
@@ -272,6 +290,8 @@ def write_report(run_uris: list[str], data_uri: str, out: str | None = None, con
             section["routes"][mode] = route_table(rows)
             section["agreement"][mode] = None if task == "ctr" else agreement_table(rows, target)
             section["cold_start"][mode] = cold_start(rows, measure, data, config.groups)
+            if task != "ctr":
+                section["new_items"][mode] = new_items(rows, target, measure, data, config.item_groups)
         any_rows = next(r for _, r in runs.values() if task in set(_np(r.column("task"))))
         section["single_tools"] = single_tools(data, bundle, any_rows.filter(pc.equal(any_rows.column("task"), task)),
                                                task, config.split)
@@ -345,6 +365,15 @@ def render_markdown(report: dict) -> str:
                      for m in modes]
             lines.append(f"| {group['group']} | {group['train_interactions'][0]}-{group['train_interactions'][1]} | "
                          + " | ".join(cells) + " |")
+        if s.get("new_items"):
+            modes = list(s["new_items"])
+            lines += ["", f"### New items: rows in {len(s['new_items'][modes[0]])} groups by their target's training "
+                      f"interactions ({first} / VLM share)", "",
+                      "| group | target interactions | " + " | ".join(modes) + " |", "|---|---|" + "---|" * len(modes)]
+            for g, group in enumerate(s["new_items"][modes[0]]):
+                cells = [f"{_f(s['new_items'][m][g][first])} / {s['new_items'][m][g]['vlm_share']:.0%}" for m in modes]
+                lines.append(f"| {group['group']} | {group['target_interactions'][0]}-"
+                             f"{group['target_interactions'][1]} | " + " | ".join(cells) + " |")
         if "sweep" in s:
             sw = s["sweep"]
             f = sw["fitted"]

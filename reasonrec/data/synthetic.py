@@ -6,6 +6,13 @@ only: part of every user's taste (a preferred colour, a style direction) is visi
 what the deliberator's image ablation measures. Users have a taste over categories and styles, and a
 long-tailed activity (most users are cold). Sequences mix three signals a recommender can learn: taste (who),
 series order within a category (what comes next) and popularity. Deterministic from the seed.
+
+New arrivals (``new_share`` of the catalogue) reach the shelves at the end of the window, in ``new_window`` waves
+(``new_arrivals``): they can only be among a user's last few purchases, so they have few or no training
+interactions and an ID-only tool knows little of them, while their title (which starts with "New") and image say as
+much as any other item's. Newcomers lean to what is new (a logit pull of ``new_pull`` for a user with at most
+``newcomer_len`` purchases, falling as 1/length beyond), loyal customers keep to their series: the new-item rows
+concentrate on the cold users, where the paper sends its VLM.
 """
 from __future__ import annotations
 
@@ -38,6 +45,21 @@ class SyntheticConfig:
     seed: int = 7
     p_series: float = 0.45  # chance that the next item continues the previous item's series
     image_size: int = 224
+    new_share: float = 0.15  # share of the items that are new arrivals
+    new_window: int = 3  # new arrivals come in this many waves: wave w only among a user's last w purchases
+    new_pull: float = 3.0  # their logit pull for a newcomer
+    newcomer_len: int = 5
+
+
+def new_arrivals(config: SyntheticConfig) -> np.ndarray:
+    """Per item, 0 for an established item, else the wave w in 1..new_window of a new arrival: it can be among a
+    user's last w purchases only. With leave-one-out splits, wave 1 is unseen until the test item, wave 2 until the
+    validation item, wave 3 has a few training interactions: whichever split is scored (tools fitted on train for
+    validation, refit on train + validation for test), some new arrivals are still unknown to the tools. From a
+    stream of its own, so every item's attributes are the same whatever the share."""
+    rng = np.random.default_rng([config.seed, 1])
+    new = rng.random(config.items) < config.new_share
+    return np.where(new, rng.integers(1, config.new_window + 1, config.items), 0)
 
 
 def generate(config: SyntheticConfig) -> tuple[pa.Table, pa.Table, dict[str, bytes]]:
@@ -51,16 +73,20 @@ def generate(config: SyntheticConfig) -> tuple[pa.Table, pa.Table, dict[str, byt
     shape = rng.integers(0, len(SHAPES), n)
     style = rng.normal(size=(n, 4))
     popularity = rng.pareto(1.5, n) + 0.2
-    # A series is the category's items in a fixed random order: item -> next item of the same category.
+    wave = new_arrivals(config)
+    is_new = wave > 0
+    # A series is the category's older items in a fixed random order: item -> next item of the same category.
     successor = np.arange(n)
     for c in range(config.categories):
         members = rng.permutation(np.flatnonzero(category == c))
+        members = members[~is_new[members]]
         successor[members] = np.roll(members, -1)
 
     taste = rng.dirichlet(np.full(config.categories, 0.3), config.users)
     style_pref = rng.normal(size=(config.users, 4))
     colour_pref = rng.integers(0, len(COLOURS), config.users)
     lengths = np.minimum(3 + np.floor(rng.pareto(1.2, config.users) * 3).astype(int), config.max_len)
+    new_pull = config.new_pull * np.minimum(1.0, config.newcomer_len / lengths)
 
     by_category = [np.flatnonzero(category == c) for c in range(config.categories)]
     seqs = np.zeros((config.users, config.max_len), dtype=np.int64)
@@ -73,12 +99,16 @@ def generate(config: SyntheticConfig) -> tuple[pa.Table, pa.Table, dict[str, byt
         for c in np.unique(cats):  # vectorised per category: a softmax over its items for every such user
             rows = np.flatnonzero(cats == c)
             members = by_category[c]
-            logits = (style_pref[active[rows]] @ style[members].T + np.log(popularity[members])
-                      + 1.5 * (colour[members][None, :] == colour_pref[active[rows]][:, None]))
+            users = active[rows]
+            logits = (style_pref[users] @ style[members].T + np.log(popularity[members])
+                      + 1.5 * (colour[members][None, :] == colour_pref[users][:, None]))
+            arrived = t >= lengths[users][:, None] - wave[members][None, :]  # among the user's last `wave` buys
+            logits = np.where(is_new[members][None, :],
+                              np.where(arrived, logits + new_pull[users][:, None], -np.inf), logits)
             gumbel = -np.log(-np.log(rng.random(logits.shape)))
             picked[rows] = members[np.argmax(logits + gumbel, axis=1)]
-        if t > 0:
-            follow = rng.random(len(active)) < config.p_series
+        if t > 0:  # a new arrival is a break from the series: it is kept
+            follow = (rng.random(len(active)) < config.p_series) & ~is_new[picked] & ~is_new[seqs[active, t - 1]]
             picked[follow] = successor[seqs[active[follow], t - 1]]
         seqs[active, t] = picked
 
@@ -97,8 +127,9 @@ def generate(config: SyntheticConfig) -> tuple[pa.Table, pa.Table, dict[str, byt
     }), schemas.INTERACTIONS, "synthetic")
 
     colour_names = list(COLOURS)
-    titles = [f"{ADJECTIVES[i % len(ADJECTIVES)]} {SHAPES[shape[i]].title()} {CATEGORIES[category[i]]}"
-              for i in range(n)]
+    # A new arrival says so in its title, as shop listings do: text the VLM reads and an ID-only tool cannot.
+    titles = [f"{'New ' if is_new[i] else ''}{ADJECTIVES[i % len(ADJECTIVES)]} {SHAPES[shape[i]].title()} "
+              f"{CATEGORIES[category[i]]}" for i in range(n)]
     item_ids = [f"i{i:05d}" for i in range(n)]
     items = schemas.conform(pa.table({
         "item_id": item_ids,

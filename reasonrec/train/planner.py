@@ -50,8 +50,9 @@ class FitPlannerConfig:
 
 
 def signals(data, bundle, config: ScoreConfig, split: str, task: str, users: int = 0,
-            seed: int = 0) -> tuple[pa.Table, np.ndarray]:
-    """The split's requests for ``task`` through the job's stages, VLM on every row; and each row's target.
+            seed: int = 0, vlm: bool = True) -> tuple[pa.Table, np.ndarray]:
+    """The split's requests for ``task`` through the job's stages, VLM on every row (``vlm``; else the tools
+    alone); and each row's target.
 
     On the validation split the tools answer with their holdout weights: a tool refit on train + validation has
     seen every validation target, and a planner fitted on its answers would trust it blindly."""
@@ -66,7 +67,8 @@ def signals(data, bundle, config: ScoreConfig, split: str, task: str, users: int
     start = time.perf_counter()
     # vlm-only plans every row for the VLM, and the tool stage scores every tool on rows not planned for the
     # primary tool alone: all the signals, with no fitted aggregator needed (the planner is what is being fitted).
-    pipeline = LocalPipeline(Scoring(bundle, dataclasses.replace(config, mode="vlm-only")), decide=False,
+    mode = "vlm-only" if vlm else "tools-only"
+    pipeline = LocalPipeline(Scoring(bundle, dataclasses.replace(config, mode=mode)), decide=False,
                              holdout=split == "valid")
     table = pipeline(requests, source=f"{split}:{task}")
     table = table.filter(table.column("error").is_null())
@@ -76,8 +78,8 @@ def signals(data, bundle, config: ScoreConfig, split: str, task: str, users: int
 
 
 def quality_by_answerer(table: pa.Table, target: np.ndarray, bundle, config: ScoreConfig, task: str,
-                        planner: Planner | None = None) -> dict[str, np.ndarray]:
-    """Per row, the ``QUALITY`` of its answer when each of ANSWERERS answers it (the job's own planner stage);
+                        planner: Planner | None = None, answerers=ANSWERERS) -> dict[str, np.ndarray]:
+    """Per row, the ``QUALITY`` of its answer when each of ``answerers`` answers it (the job's own planner stage);
     ``planner`` replaces the bundle's (while fitting it)."""
     from reasonrec.batch.planner_stage import PlannerStage
     from reasonrec.evaluator import ctr_loglik, ranks_from_results
@@ -87,7 +89,8 @@ def quality_by_answerer(table: pa.Table, target: np.ndarray, bundle, config: Sco
     users = table.column("user_id").to_numpy(zero_copy_only=False)
     scoring = Scoring(bundle, config)
     out = {}
-    for answerer, mode in modes.items():
+    for answerer in answerers:
+        mode = modes[answerer]
         rows = table.set_column(table.schema.get_field_index("plan"), "plan",
                                 pa.array(np.full(table.num_rows, answerer), pa.string()))
         stage = PlannerStage(scoring, mode=mode)
@@ -176,20 +179,67 @@ def fit_task(table: pa.Table, target: np.ndarray, bundle, config: FitPlannerConf
     plans = plan_grid(horizon, confidence, config.grid)
     quality, share = replay(horizon, confidence, hits, plans)
     best = choose(quality, share, config.tolerance, config.max_vlm_share)
-    policy = Policy(**plan(plans, best), aggregator=aggregator.to_dict())
+    # The ablation: the same rows and plan, the aggregator fitted and applied without any VLM evidence.
+    no_vlm = Aggregator.fit(tools, Aggregator.features(tool_scores, vote, np.full_like(vlm, np.nan),
+                                                       np.full(rows, np.nan), horizon, kind)[inside][valid],
+                            positive[inside][valid], c=config.regularisation, kind=kind)
+    without = without_vlm_quality(table.drop_columns(["vlm_scores", "vlm_confidence"]), target, bundle, score, task,
+                                  Policy(**plan(plans, best), tools_aggregator=no_vlm.to_dict()))
+    policy = Policy(**plan(plans, best), aggregator=aggregator.to_dict(), tools_aggregator=no_vlm.to_dict())
     key = QUALITY[task]
     summary = {
         "rows": rows, "shortlist_recall": float(inside.mean()), "metric": key,
         key: {a: float(h.mean()) for a, h in hits.items()},
         "plan": {**plan(plans, best), key: float(quality[best]), "vlm_share": float(share[best])},
+        "without_vlm": float(without.mean()),
         f"best_{key}": float(quality.max()), "plans_tried": int(len(quality)), "max_vlm_share": config.max_vlm_share,
     }
     logger.info(f"{task}: validation {key} primary tool {hits['tool'].mean():.4f}, vote {hits['vote'].mean():.4f}, "
                 f"VLM alone {hits['vlm'].mean():.4f}, aggregator {hits['aggregate'].mean():.4f}; chosen plan "
                 f"tau_low {policy.tau_low:.3f} (answered by {policy.low}), tau_high {policy.tau_high:.3f}, kappa "
                 f"{policy.kappa:.3f}: {key} {quality[best]:.4f} with the VLM on {share[best]:.1%} of rows (best plan "
-                f"{quality.max():.4f}, {len(quality)} plans)")
+                f"{quality.max():.4f}, {len(quality)} plans); the same plan without the VLM (the tools' aggregator "
+                f"on its rows) {without.mean():.4f}")
     return policy, summary
+
+
+def without_vlm_quality(table: pa.Table, target: np.ndarray, bundle, score: ScoreConfig, task: str,
+                        policy: Policy) -> np.ndarray:
+    """Per row, the quality of ``policy``'s plan with the VLM removed: route low answered as the plan says, every
+    other row by the aggregator fitted without VLM evidence (``policy.tools_aggregator``). ``table``: tool signals."""
+    scoring = Scoring(bundle, score)
+    planner = Planner(scoring.tools, scoring.primary, {task: dataclasses.replace(
+        policy, aggregator=policy.tools_aggregator)})
+    hits = quality_by_answerer(table, target, bundle, score, task, planner=planner,
+                               answerers=("tool", "vote", "aggregate"))
+    horizon = table.column("horizon").to_numpy(zero_copy_only=False).astype(np.float64)
+    route = route_index(horizon, policy.tau_low, policy.tau_high)
+    low_hits = hits["vote"] if policy.low == "vote" else hits["tool"]
+    return np.where(route == 0, low_hits, hits["aggregate"])
+
+
+def without_vlm(data_uri: str, bundle_uri: str, split: str = "test", score: ScoreConfig | None = None) -> dict:
+    """Per task with a fitted planner, the mean quality on ``split`` of its plan with the VLM removed (the tools'
+    aggregator on every row the plan sends to the VLM): the figure the full planner must beat for its gain to be the
+    VLM's. Reads only the tools."""
+    from reasonrec import storage
+    from reasonrec.bundle import Bundle
+    from reasonrec.data.prepared import PreparedData
+
+    score = score or ScoreConfig()
+    data, bundle = PreparedData(storage.absolute(data_uri)), Bundle(bundle_uri)
+    policies = (bundle.manifest.get("planner") or {}).get("policies", {})
+    out = {}
+    for task, fitted in policies.items():
+        policy = Policy(**fitted)
+        if not policy.tools_aggregator:
+            continue
+        table, target = signals(data, bundle, score, split, task, vlm=False)
+        quality = float(without_vlm_quality(table, target, bundle, score, task, policy).mean())
+        # ctr: the rows' mean log-likelihood is minus the LogLoss the evaluator reports (every row has 1 + 4 labels)
+        out[task] = {"LogLoss": -quality} if task == "ctr" else {QUALITY[task]: quality}
+        out[task]["rows"] = table.num_rows
+    return out
 
 
 def fit_planner(data_uri: str, bundle_uri: str, config: FitPlannerConfig | None = None) -> dict:

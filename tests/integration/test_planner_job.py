@@ -46,11 +46,24 @@ def test_fit_planner_stores_a_validated_policy_per_task(planner_bundle_uri):
         v = fitted["validation"][task]
         assert v["rows"] == 150 and v["plan"]["HR@5"] >= v["best_HR@5"] * (1 - fitted["tolerance"]) - 1e-9
         assert set(v["HR@5"]) == {"tool", "vote", "vlm", "aggregate"}
+        # the ablation: the same plan with the VLM removed, its rows answered by an aggregator over the tools alone
+        without = Aggregator.from_dict(policy["tools_aggregator"])
+        assert not any(w for name, w in zip(without.feature_names(without.tools), without.coef) if "vlm" in name)
+        assert 0 <= v["without_vlm"] <= 1
     assert fitted["tools_by_task"]["ctr"] == ["dcnv2"]  # ctr consults the CTR tools only
     ctr = fitted["policies"]["ctr"]
     assert Aggregator.from_dict(ctr["aggregator"]).kind == "ctr"
     loglik = fitted["validation"]["ctr"]["LogLik"]  # mean log-likelihood of the click labels, per answerer
     assert set(loglik) == {"tool", "vote", "vlm", "aggregate"} and all(-1.0 < v < 0 for v in loglik.values())
+
+
+def test_the_plan_without_the_vlm_is_measured_on_test(planner_bundle_uri, synthetic_data):
+    from reasonrec.train.planner import without_vlm
+
+    found = without_vlm(synthetic_data.uri, planner_bundle_uri, score=SCORE)
+    assert set(found) == {"sequential", "direct", "ctr"}
+    assert all(0 <= found[t]["HR@5"] <= 1 and found[t]["rows"] > 0 for t in ("sequential", "direct"))
+    assert found["ctr"]["LogLoss"] > 0
 
 
 def test_fit_planner_refuses_refit_tools_without_a_holdout(vlm_bundle_uri, synthetic_data, tmp_path):
@@ -153,6 +166,11 @@ def test_report_compares_the_modes(mode_runs, synthetic_data, tmp_path):
     assert sum(g["users"] for g in seq["cold_start"]["planner"]) == USERS + 1
     assert seq["modes"]["tools-only"]["vlm_calls"] == 0 and seq["modes"]["vlm-only"]["vlm_calls"] == USERS + 1
     assert sum(r["rows"] for r in seq["routes"]["planner"]) == USERS + 1
+    # rows by their target's training interactions: the first group holds the least-bought targets
+    groups = seq["new_items"]["vlm-only"]
+    assert len(groups) == 5 and sum(g["rows"] for g in groups) == USERS + 1
+    assert groups[0]["target_interactions"][1] <= groups[-1]["target_interactions"][0]
+    assert all(g["vlm_share"] == 1.0 for g in groups) and "### New items" in markdown
     agreement = seq["agreement"]["vlm+tools-always"]
     assert sum(agreement[c]["rows"] for c in ("agree", "vlm_overrode", "tools_kept")) == agreement["rows"] == USERS + 1
     sweep = seq["sweep"]
@@ -164,7 +182,7 @@ def test_report_compares_the_modes(mode_runs, synthetic_data, tmp_path):
     # One CTR tool: its vote is its own probability, so tools-only scores as the tool alone does.
     assert ctr["modes"]["tools-only"]["AUC"] == pytest.approx(ctr["single_tools"]["dcnv2"]["AUC"], abs=1e-9)
     assert set(ctr["single_tools"]) == {"dcnv2"} and sum(g["users"] for g in ctr["cold_start"]["planner"]) == CTR_USERS
-    assert "## ctr" in markdown and "| AUC | LogLoss |" in markdown and "sweep" not in ctr
+    assert "## ctr" in markdown and "| AUC | LogLoss |" in markdown and "sweep" not in ctr and not ctr["new_items"]
 
 
 def test_report_command_line(mode_runs, synthetic_data, tmp_path, capsys):

@@ -253,3 +253,30 @@ def test_a_served_prompt_is_the_prompt_the_vlm_was_tuned_on(synthetic_data, hori
             assert (p["template_id"], p["prompt"], p["labels"], p["context"]) == (
                 e["template_id"], e["prompt"], e["labels"], e["context"])
             assert e["answer"] in p["labels"] and p["labels"][0].startswith("<|item:")
+
+
+def test_tuning_teaches_the_vlm_to_rank(synthetic_data, horizon, tools, bundle, tmp_path):
+    """Fails when the VLM learns nothing: at a small seeded setting (the demo's form, 80 steps in-process), the tuned
+    VLM ranks held-out test users' positives first among 8 random candidates at least 0.10 more often than the
+    untuned one in both tasks (chance 0.125; measured: sequential 0.32 vs 0.13, direct 0.33 vs 0.16, 120 users)."""
+    import torch
+
+    from reasonrec.vlm.build import TinyVLMConfig, load, save
+    from reasonrec.vlm.finetune import FinetuneConfig, base_folder, evaluate_vlm, train
+
+    torch.set_num_threads(2)
+    examples = ExamplesConfig(candidates=8, max_history=3, per_user=3, item_tokens=True, candidates_from="shortlist",
+                              direct_form="listing", random_share=0.3, decision="answer",
+                              task_shares={"sequential": 0.5, "direct": 0.5})
+    config = FinetuneConfig(steps=80, batch_size=8, lr=3e-3, eval_users=120, eval_task="sequential,direct",
+                            listwise_weight=1.0, distill=0.5, tiny=TinyVLMConfig(vocab_size=1024,
+                                                                                 identity_values=True),
+                            examples=examples)
+    untuned = base_folder(None, synthetic_data, config, tmp_path / "untuned", bundle)
+    model, processor = load(untuned)
+    rows = build_examples(synthetic_data, "train", horizon, tools, examples).to_pylist()
+    train(model, processor, rows, config)
+    save(model, processor, tmp_path / "tuned")
+    metrics = evaluate_vlm(synthetic_data, horizon, tmp_path / "tuned", untuned, config)
+    for task, found in metrics["tasks"].items():
+        assert found["HR@1_tuned"] >= found["HR@1_untuned"] + 0.10, (task, found)

@@ -32,3 +32,24 @@ def test_image_uris_are_absolute_when_written_to_a_relative_path(tmp_path, monke
     synthetic.write(synthetic.SyntheticConfig(users=50, items=60, seed=1), "raw")
     uris = storage.read_parquet(str(tmp_path / "raw" / "items.parquet")).column("image_uri").to_pylist()
     assert all(os.path.isabs(u) and os.path.exists(u) for u in uris)
+
+
+def test_new_arrivals_are_late_and_lean_to_newcomers():
+    config = synthetic.SyntheticConfig(users=1500, items=200, seed=4)
+    interactions = synthetic.generate(config)[0].to_pandas().sort_values(["user_id", "ts"])
+    wave = synthetic.new_arrivals(config)
+    assert 0.08 < (wave > 0).mean() < 0.22 and set(np.unique(wave)) == {0, 1, 2, 3}
+    interactions["wave"] = wave[interactions["item_id"].str[1:].astype(int)]
+    interactions["new"] = interactions["wave"] > 0
+    position = interactions.groupby("user_id").cumcount()
+    length = interactions.groupby("user_id")["item_id"].transform("size")
+    # Wave w only among a user's last w purchases (a dropped repeat can shift a position by one).
+    new = interactions["new"]
+    assert (position[new] >= length[new] - interactions["wave"][new] - 1).all()
+    first_wave = interactions[interactions["wave"] == 1]
+    assert (position[first_wave.index] >= length[first_wave.index] - 2).all()
+    last = interactions[position == length - 1]
+    newcomers, loyal = last[length[last.index] <= config.newcomer_len], last[length[last.index] > 15]
+    assert newcomers["new"].mean() > 1.5 * loyal["new"].mean()
+    # Without new arrivals every item is an established one.
+    assert not synthetic.new_arrivals(synthetic.SyntheticConfig(new_share=0.0)).any()
