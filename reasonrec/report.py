@@ -106,16 +106,17 @@ def cold_start(results: pa.Table, measure, data, groups: int) -> list[dict]:
     train = data.train
     row = Vocab(train.user_ids).index(_np(results.column("user_id")))
     frequency = np.where(row >= 0, train.lengths[np.maximum(row, 0)], 0)  # an unknown user has no interactions
-    order = np.argsort(frequency, kind="stable")
     tools = _np(pc.fill_null(pc.list_value_length(results.column("tools")), 0)) > 0
-    out = []
-    for g, rows in enumerate(np.array_split(order, groups)):
-        if not len(rows):
-            continue
-        out.append({"group": g + 1, "users": int(len(rows)), "train_interactions": [int(frequency[rows].min()),
-                                                                                   int(frequency[rows].max())],
-                    **measure(rows), "tool_usage": float(tools[rows].mean())})
-    return out
+    return [{"group": g, "users": int(len(rows)), "train_interactions": span, **measure(rows),
+             "tool_usage": float(tools[rows].mean())} for g, rows, span in by_frequency(frequency, groups)]
+
+
+def by_frequency(frequency: np.ndarray, groups: int):
+    """(group number from 1, row indices, [min, max] frequency) of ``groups`` equal groups of rows, least frequent
+    first; empty groups skipped."""
+    for g, rows in enumerate(np.array_split(np.argsort(frequency, kind="stable"), groups)):
+        if len(rows):
+            yield g + 1, rows, [int(frequency[rows].min()), int(frequency[rows].max())]
 
 
 def new_items(results: pa.Table, target: np.ndarray, measure, data, groups: int) -> list[dict]:
@@ -125,13 +126,8 @@ def new_items(results: pa.Table, target: np.ndarray, measure, data, groups: int)
     index = data.item_vocab.index(np.asarray(target, dtype=object))
     frequency = np.where(index > 0, counts[np.maximum(index, 0)], 0)
     vlm = _np(results.column("vlm_called")).astype(bool)
-    out = []
-    for g, rows in enumerate(np.array_split(np.argsort(frequency, kind="stable"), groups)):
-        if len(rows):
-            out.append({"group": g + 1, "rows": int(len(rows)),
-                        "target_interactions": [int(frequency[rows].min()), int(frequency[rows].max())],
-                        **measure(rows), "vlm_share": float(vlm[rows].mean())})
-    return out
+    return [{"group": g, "rows": int(len(rows)), "target_interactions": span, **measure(rows),
+             "vlm_share": float(vlm[rows].mean())} for g, rows, span in by_frequency(frequency, groups)]
 
 
 def task_quality(rows: pa.Table, target: np.ndarray, task: str):
