@@ -56,7 +56,21 @@ class DeliberatorActor:
 
 
 def vlm_resources(config: DeliberatorConfig) -> dict:
-    """``num_cpus``/``num_gpus`` of one VLM actor, from config and the connected cluster."""
+    """``num_cpus``/``num_gpus`` of one VLM actor, from config alone. On a Ray instance this process started itself
+    (no cluster, so no autoscaler) GPUs that are not there never come: that is an error naming the fix, not a hang."""
     import ray
 
-    return config.resources(ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0)
+    resources = config.resources()
+    if resources["num_gpus"] and _started_here() and not ray.cluster_resources().get("GPU"):
+        raise ValueError(f"deliberator.device is {config.device} ({resources['num_gpus']} GPU per VLM actor), but "
+                         f"this local Ray has no GPU: set deliberator.device: cpu (--vlm-device cpu) to run the VLM "
+                         f"on CPU, or submit to a cluster with a GPU group")
+    return resources
+
+
+def _started_here() -> bool:
+    """Whether this driver started its Ray instance (``ray.init()`` without an address) rather than joining one."""
+    import ray._private.worker  # no public API says which: the driver's node is a head only when it started it
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    return bool(node is not None and getattr(node, "head", False))

@@ -32,7 +32,7 @@ def main() -> None:
     from reasonrec.data.prepared import PreparedData
     from reasonrec.report import route_table
     from reasonrec.train.planner import copy_with_plan
-    from reasonrec.vlm.deliberator import DeliberatorConfig
+    from reasonrec.vlm.deliberator import DeliberatorConfig, local_device
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True)
@@ -48,7 +48,8 @@ def main() -> None:
     data = PreparedData(args.data)
     tables = [requests_for_split(data, "test", t, k=10) for t in args.task.split(",")]
     table = pa.concat_tables([t.slice(0, args.users) if args.users else t for t in tables])
-    config = ScoreConfig(vlm_actors=args.vlm_actors, deliberator=DeliberatorConfig(backend=args.backend))
+    config = ScoreConfig(vlm_actors=args.vlm_actors,
+                         deliberator=DeliberatorConfig(backend=args.backend, device=local_device()))
     start = time.perf_counter()
     ray.init(include_dashboard=False, log_to_driver=False)
     print(f"ray.init: {time.perf_counter() - start:.1f} s (not counted below)")

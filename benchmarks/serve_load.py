@@ -95,7 +95,7 @@ def main() -> None:
     from reasonrec.horizon import EvidenceHorizon
     from reasonrec.serve.api import ServeConfig, high_throughput_env
     from reasonrec.train.planner import copy_with_plan
-    from reasonrec.vlm.deliberator import DeliberatorConfig
+    from reasonrec.vlm.deliberator import DeliberatorConfig, local_device
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", required=True)
@@ -112,7 +112,8 @@ def main() -> None:
     parser.add_argument("--default-proxy", action="store_true",
                         help="Serve's Python proxy instead of the high-throughput mode (HAProxy ingress)")
     args = parser.parse_args()
-    config = ServeConfig(score=ScoreConfig(deliberator=DeliberatorConfig(backend=args.backend)), port=free_port(),
+    deliberator = DeliberatorConfig(backend=args.backend, device=local_device())
+    config = ServeConfig(score=ScoreConfig(deliberator=deliberator), port=free_port(),
                          high_throughput=not args.default_proxy)
     # Before Ray Serve is imported (it reads its mode at import) and Ray starts (its processes inherit it); no 30 s
     # drain of the ingress at the end: nothing balances here.

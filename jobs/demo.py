@@ -32,6 +32,8 @@ class DemoConfig:
     # Validation users the planner is fitted on (0: all): 1,000 of the ~1,900 keep the demo within 10 minutes on 2
     # cores, the VLM's pass over them being most of fit-planner's time.
     planner_users: int = 1000
+    # The VLM actors' device (deliberator.device): the demo runs on a machine without GPUs, and says so.
+    vlm_device: str = "cpu"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,8 +55,10 @@ def config(args: argparse.Namespace) -> DemoConfig:
 def run(demo: DemoConfig) -> dict:
     from reasonrec import storage
     from reasonrec.config import load
+    from reasonrec.batch.config import ScoreConfig
     from reasonrec.train.planner import FitPlannerConfig, without_vlm
     from reasonrec.train.tools import TrainToolsConfig
+    from reasonrec.vlm.deliberator import DeliberatorConfig
     from reasonrec.vlm.finetune import FinetuneConfig
 
     start = time.perf_counter()
@@ -65,16 +69,18 @@ def run(demo: DemoConfig) -> dict:
     train_tools.run(train_tools.TrainToolsJob(data, bundle, load(TrainToolsConfig, demo.tools_config)))
     vlm = finetune_vlm.run(finetune_vlm.FinetuneJob(
         data, bundle, vlm=load(FinetuneConfig, demo.vlm_config, {"steps": demo.vlm_steps})))["vlm"]
-    planner = fit_planner.run(fit_planner.FitPlannerJob(data, bundle, FitPlannerConfig(users=demo.planner_users)))[
-        "planner"]
+    score = ScoreConfig(deliberator=DeliberatorConfig(device=demo.vlm_device))
+    cli.log().info(f"the VLM runs on {demo.vlm_device} (deliberator.device)")
+    planner = fit_planner.run(fit_planner.FitPlannerJob(
+        data, bundle, FitPlannerConfig(users=demo.planner_users, score=score)))["planner"]
     write_requests.run(write_requests.RequestsJob(data, shards, tasks=TASKS, shard_rows=1000))
-    manifest = nightly_score.run(nightly_score.NightlyJob(shards, bundle, results, force=True))
+    manifest = nightly_score.run(nightly_score.NightlyJob(shards, bundle, results, force=True, score=score))
     tools_eval = {task: evaluation.run(evaluation.EvaluateJob(data, task, bundle=bundle,
                                                           json=storage.join(demo.out, f"eval_{task}.json")))
                   for task in TASKS}
     batch_eval = {task: evaluation.run(evaluation.EvaluateJob(data, task, results=results,
                                                           run_date=manifest["run_date"])) for task in TASKS}
-    ablation = without_vlm(data, bundle)  # the fitted plan, the VLM removed: what the VLM adds on test
+    ablation = without_vlm(data, bundle, score=score)  # the fitted plan, the VLM removed: what the VLM adds on test
     results_table = reasonrec.api.read_results(results, manifest["run_date"])
     called = pc.fill_null(results_table.column("vlm_called"), False).to_numpy(zero_copy_only=False)
     tasks = results_table.column("task").to_numpy(zero_copy_only=False)

@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default {d('max_vlm_share')})")
     parser.add_argument("--vlm-backend", choices=("auto", "transformers", "vllm"),
                         help="default auto: vLLM when installed")
+    parser.add_argument("--vlm-device", choices=("cuda", "cpu"),
+                        help="where the VLM actors run: cuda asks Ray for a GPU each (default), cpu for none")
     parser.add_argument("--config", help="YAML with FitPlannerConfig fields (score: {ScoreConfig fields})")
 
 
@@ -42,7 +44,7 @@ def config(args: argparse.Namespace) -> FitPlannerJob:
 
     overrides = {"tasks": args.tasks.split(",") if args.tasks else None, "users": args.users,
                  "tolerance": args.tolerance, "max_vlm_share": args.max_vlm_share,
-                 "score.deliberator.backend": args.vlm_backend}
+                 "score.deliberator.backend": args.vlm_backend, "score.deliberator.device": args.vlm_device}
     return FitPlannerJob(args.data, args.bundle, load(FitPlannerConfig, args.config, overrides))
 
 

@@ -39,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"who answers (default {d('mode')})")
     parser.add_argument("--vlm-backend", choices=("auto", "transformers", "vllm"),
                         help="the deliberator backend (default auto: vLLM when installed)")
+    parser.add_argument("--vlm-device", choices=("cuda", "cpu"),
+                        help="where the VLM actors run: cuda asks Ray for a GPU each (default), cpu for none")
     parser.add_argument("--shortlist", type=int, help=f"candidates the VLM ranks: the tools' top N "
                                                       f"(default {d('shortlist')})")
     parser.add_argument("--batch-size", type=int, help=f"rows per tool-actor batch (default {d('batch_size')})")
@@ -50,7 +52,8 @@ def config(args: argparse.Namespace) -> NightlyJob:
     from reasonrec.config import load
 
     overrides = {"batch_size": args.batch_size, "tool_actors": args.tool_actors, "mode": args.mode,
-                 "shortlist": args.shortlist, "deliberator.backend": args.vlm_backend}
+                 "shortlist": args.shortlist, "deliberator.backend": args.vlm_backend,
+                 "deliberator.device": args.vlm_device}
     return NightlyJob(args.requests, args.bundle, args.output, args.run_date, args.force,
                       load(ScoreConfig, args.config, overrides))
 

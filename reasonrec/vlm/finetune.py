@@ -1,4 +1,5 @@
-"""R-VIT fine-tuning: the plain training loop, its Ray Train wrapper, and the driver that commits ``vlm/`` to a bundle.
+"""R-VIT fine-tuning: the plain training loop, its checkpoint state, and the held-out evaluation (its Ray Train run
+is ``reasonrec.train.vlm``).
 
 The model learns the answer given the deliberation context (prompt, evidence horizon, decision, tool outputs):
 the answer loss covers the answer tokens only, exactly the tokens the backends read at inference (DESIGN.md §5);
@@ -9,15 +10,13 @@ for export; the tiny model built from config has no pretrained weights to keep, 
 from __future__ import annotations
 
 import dataclasses
-import json
+import itertools
 import logging
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from reasonrec import logs, storage
 from reasonrec.train.curriculum import CurriculumConfig, HorizonCurriculum
 from reasonrec.vlm.backends import ANSWER_CUE, ImageCache
 from reasonrec.vlm.build import TinyVLMConfig
@@ -25,7 +24,7 @@ from reasonrec.vlm.examples import ExamplesConfig
 
 logger = logging.getLogger(__name__)
 
-LORA_TARGETS = r".*text_model.*\.(q_proj|k_proj|v_proj|o_proj)"
+ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 # Tools whose item embeddings start the item tokens, best first: on the demo catalogue one history item's BPR-MF
 # embedding dotted with a candidate's ranks the positive first among 20 random ones 53% of the time, LightGCN's
 # 46%, SASRec's 45% (its input embeddings; GRU4Rec's 7%).
@@ -58,11 +57,21 @@ class FinetuneConfig:
     # Steps on the tasks' short warm-up form before the R-VIT schedule (each stage has its own one-cycle lr). A
     # model trained from scratch learns to compare items there first; a pretrained checkpoint needs none.
     warmup_steps: int = 0
+    # LoRA's target modules: None finds the language model's attention projections (q/k/v/o_proj) whatever the
+    # architecture (Idefics3's text_model, LLaVA's and Qwen2-VL's language_model); or a regex over module names.
+    lora_targets: str | None = None
     workers: int = 1
     cpus_per_worker: float = 0.5
     use_gpu: bool = False
     threads: int = 2
     log_every: int = 50
+    # A checkpoint (trainable weights, optimiser, schedule, step, losses) every this many steps, in the run's
+    # storage; a worker that dies resumes from the latest one, ``max_failures`` times. 0: none.
+    checkpoint_every: int = 100
+    max_failures: int = 2
+    # On CUDA: bf16 autocast, and activations recomputed in the backward pass (memory for time). CPU stays float32.
+    bf16: bool = True
+    gradient_checkpointing: bool = True
     eval_users: int = 200  # held-out test users scored after training (0: skip)
     # Comma-separated tasks, each asked in its trained form: a listing (sequential; direct with
     # examples.direct_form listing) is one labelled prompt per user, yes/no direct one prompt per candidate.
@@ -76,6 +85,8 @@ class FinetuneConfig:
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1 or self.workers < 1 or self.cpus_per_worker <= 0:
             raise ValueError("steps, batch_size and workers must be >= 1 and cpus_per_worker > 0")
+        if self.checkpoint_every < 0 or self.max_failures < 0:
+            raise ValueError("checkpoint_every and max_failures must be >= 0")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0 <= self.distill <= 1 or self.distill_temperature <= 0:
@@ -155,17 +166,33 @@ def loss_terms(model, inputs) -> tuple:
             (listwise * has).sum() / has.sum().clamp(min=1))
 
 
-def add_lora(model, rank: int, alpha: int):
+def lora_targets(model) -> list[str]:
+    """The full names of the language model's attention projections: the decoder transformers itself names
+    (``get_decoder``: Idefics3's text_model, LLaVA's and Qwen2-VL's language_model), never the vision tower."""
+    import torch
+
+    decoder = model.get_decoder()
+    prefix = next((name for name, module in model.named_modules() if module is decoder), None)
+    found = [f"{prefix}.{name}" if prefix else name for name, module in decoder.named_modules()
+             if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in ATTENTION_PROJECTIONS]
+    if not found:
+        raise ValueError(f"LoRA: no {'/'.join(ATTENTION_PROJECTIONS)} under {type(model).__name__}'s language model "
+                         f"({type(decoder).__name__}); name them with lora_targets (a regex over module names)")
+    return found
+
+
+def add_lora(model, rank: int, alpha: int, targets: str | None = None):
     from peft import LoraConfig, get_peft_model
 
     return get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0,
-                                            target_modules=LORA_TARGETS))
+                                            target_modules=targets or lora_targets(model)))
 
 
 def train(model, processor, examples: list[dict], config: FinetuneConfig, *, device="cpu", seed: int = 0,
-          tag: str = "") -> dict:
+          tag: str = "", resume: dict | None = None, save=None) -> dict:
     """Plain loop: ``config.steps`` curriculum batches; returns the loss curve summary. ``tag`` prefixes its
-    progress lines (e.g. the Ray Train rank)."""
+    progress lines (e.g. the Ray Train rank). ``resume``: a checkpoint's state (``state``) to continue from, its
+    batches skipped; ``save(state)`` is called every ``config.checkpoint_every`` steps."""
     import torch
 
     torch.manual_seed(seed)
@@ -176,11 +203,19 @@ def train(model, processor, examples: list[dict], config: FinetuneConfig, *, dev
                                                    pct_start=0.1)
     horizon = np.array([r["horizon"] for r in examples], dtype=np.float32)
     sampler = HorizonCurriculum(horizon, config.steps, config.batch_size, config.curriculum, seed=seed)
+    losses, listwise_losses, resumed = [], [], []
+    if resume:
+        restore(model, optimizer, schedule, resume)
+        losses, listwise_losses = list(resume["losses"]), list(resume["listwise"])
+        resumed = [*resume["resumed"], resume["step"]]
+        logger.info(f"{tag}resumed at step {resume['step']}/{config.steps} from a checkpoint")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.bf16 and str(device).startswith("cuda"))
     images = ImageCache()
-    losses, listwise_losses, start = [], [], time.perf_counter()
-    for step, batch in enumerate(sampler):
+    start = time.perf_counter()
+    for step, batch in itertools.islice(enumerate(sampler), len(losses), None):  # the same seeded batches
         inputs = collate(processor, [examples[i] for i in batch], images, config).to(device)
-        loss, prompt_loss, listwise = loss_terms(model, inputs)
+        with autocast:
+            loss, prompt_loss, listwise = loss_terms(model, inputs)
         optimizer.zero_grad(set_to_none=True)
         (loss + config.prompt_loss_weight * prompt_loss + config.listwise_weight * listwise).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -192,79 +227,42 @@ def train(model, processor, examples: list[dict], config: FinetuneConfig, *, dev
             logger.info(f"{tag}step {step + 1}/{config.steps} loss {np.mean(losses[-config.log_every:]):.4f} "
                         f"listwise {np.mean(listwise_losses[-config.log_every:]):.4f} "
                         f"({time.perf_counter() - start:.0f}s)")
+        if save and config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
+            save(state(model, optimizer, schedule, step + 1, losses, listwise_losses, resumed))
     model.eval()
     window = max(1, min(config.log_every, len(losses) // 4))
     return {"steps": config.steps, "loss_first": float(np.mean(losses[:window])),
             "loss_last": float(np.mean(losses[-window:])), "seconds": round(time.perf_counter() - start, 1),
             "listwise_first": float(np.mean(listwise_losses[:window])),
-            "listwise_last": float(np.mean(listwise_losses[-window:])),
+            "listwise_last": float(np.mean(listwise_losses[-window:])), "resumed_from": resumed,
+            "losses": [round(v, 5) for v in losses],
             "loss_curve": [round(float(np.mean(losses[i:i + window])), 4) for i in range(0, len(losses), window)]}
 
 
-def pack_folder(folder: str | Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in Path(folder).rglob("*") if p.is_file()}
+def state(model, optimizer, schedule, step: int, losses: list, listwise: list, resumed: list) -> dict:
+    """What a checkpoint holds: the trainable weights only (LoRA's adapters, or the whole tiny model), the
+    optimiser and schedule, the step and the losses so far."""
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    return {"step": step, "losses": list(losses), "listwise": list(listwise), "resumed": list(resumed),
+            "weights": {k: v.detach().cpu() for k, v in model.state_dict().items() if k in trainable},
+            "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}
 
 
-def unpack_folder(files: dict[str, bytes], folder: str | Path) -> Path:
-    for rel, data in files.items():
-        target = Path(folder) / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-    return Path(folder)
+def restore(model, optimizer, schedule, saved: dict) -> None:
+    missing = {name for name, p in model.named_parameters() if p.requires_grad} - set(saved["weights"])
+    if missing:
+        raise ValueError(f"checkpoint: no weights for {len(missing)} trainable parameters, e.g. {sorted(missing)[0]}")
+    model.load_state_dict(saved["weights"], strict=False)
+    optimizer.load_state_dict(saved["optimizer"])
+    schedule.load_state_dict(saved["schedule"])
 
 
-def train_loop_per_worker(cfg: dict) -> None:
-    """Ray Train worker: unpack the base model, train (DDP across workers), rank 0 exports the merged HF folder."""
-    import ray
-    import ray.train
-    import ray.train.torch
-    import torch
-
-    from reasonrec.config import from_dict
-    from reasonrec.vlm.build import load, save
-
-    config = from_dict(FinetuneConfig, cfg["config"])
-    torch.set_num_threads(config.threads)
-    logs.worker(cfg["log_level"])
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
-    with tempfile.TemporaryDirectory() as tmp:
-        model, processor = load(unpack_folder(ray.get(cfg["base"]), Path(tmp) / "base"))
-        if cfg["lora_rank"]:
-            model = add_lora(model, cfg["lora_rank"], config.lora_alpha)
-        module = ray.train.torch.prepare_model(model) if world > 1 else model
-        tag = f"[rank {rank}] "
-        if config.warmup_steps:
-            logger.info(f"{tag}warm-up: {config.warmup_steps} steps on short prompts")
-            warmup = train(module, processor, ray.get(cfg["warmup"]).to_pylist(),
-                           dataclasses.replace(config, steps=config.warmup_steps), device=device,
-                           seed=config.seed + rank, tag=tag)
-        summary = train(module, processor, ray.get(cfg["examples"]).to_pylist(), config, device=device,
-                        seed=config.seed + rank, tag=tag)
-        if config.warmup_steps:
-            summary["warmup"] = warmup
-        checkpoint = None
-        if rank == 0:
-            if cfg["lora_rank"]:
-                model = model.merge_and_unload()
-            out = Path(tmp) / "out"
-            save(model.to("cpu"), processor, out)
-            (out / "training.json").write_text(json.dumps(summary))
-            checkpoint = ray.train.Checkpoint.from_directory(out)
-        ray.train.report({"loss_last": summary["loss_last"]}, checkpoint=checkpoint)
-
-
-def base_folder(base: str | None, data, config: FinetuneConfig, into: Path, bundle=None) -> Path:
-    """A given HF folder as is, or the tiny model built from config with a tokenizer trained on the catalogue (and,
-    with ``examples.item_tokens``, a token per item started from the bundle's ``item_token_tool``)."""
+def tiny_base(data, config: FinetuneConfig, into: Path, bundle=None) -> Path:
+    """The tiny model built from config with a tokenizer trained on the catalogue (and, with
+    ``examples.item_tokens``, a token per item started from the bundle's ``item_token_tool``), saved in ``into``."""
     from reasonrec.vlm.build import build_tiny, save
     from reasonrec.vlm.item_tokens import add_catalogue_tokens
 
-    if base:
-        if not Path(base, "config.json").exists():
-            raise FileNotFoundError(f"--base {base}: not a Hugging Face model folder (no config.json)")
-        return Path(base)
     titles = [t for t in data.table("items").column("title").to_pylist() if t]
     model, processor = build_tiny(titles, config.tiny)
     if config.examples.item_tokens:
@@ -276,68 +274,6 @@ def base_folder(base: str | None, data, config: FinetuneConfig, into: Path, bund
         logger.info(f"item tokens: {added} items, rows from {name}'s item embeddings")
     save(model, processor, into)
     return into
-
-
-def finetune_vlm(data_uri: str, bundle_uri: str, config: FinetuneConfig | None = None,
-                 base: str | None = None) -> dict:
-    """Build R-VIT examples from the bundle's tools, fine-tune with Ray Train, evaluate, commit ``vlm/``; returns the
-    bundle's manifest."""
-    import ray
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from reasonrec.bundle import Bundle, BundleWriter
-    from reasonrec.data.prepared import PreparedData
-    from reasonrec.horizon import EvidenceHorizon
-    from reasonrec.vlm.examples import build_examples
-
-    config = config or FinetuneConfig()
-    data = PreparedData(storage.absolute(data_uri))
-    bundle = Bundle(bundle_uri)
-    horizon = EvidenceHorizon.from_json(bundle.read("horizon.json"))
-    # The examples' tool outputs rank candidates over the catalogue: the ranking tools (CTR tools answer ctr only).
-    tools = {name: bundle.load_tool(name) for name in (config.examples.tools or bundle.tools_for("sequential"))}
-    examples = build_examples(data, "train", horizon, tools, config.examples)
-    # No tools: the warm-up form has no deliberation lines, so scoring them again would be wasted.
-    warmup = build_examples(data, "train", horizon, {}, config.examples, warmup=True) if config.warmup_steps else None
-    lora_rank = config.lora_rank if config.lora_rank is not None else (16 if base else 0)
-    logger.info(f"R-VIT: {examples.num_rows} training examples from {len(set(examples['user_id'].to_pylist()))} users, "
-        f"tools {list(tools)}; {config.steps} steps x {config.batch_size} on {config.workers} worker(s), "
-        + (f"LoRA rank {lora_rank}" if lora_rank else "full fine-tune")
-        + (f", after {config.warmup_steps} warm-up steps on short prompts" if config.warmup_steps else ""))
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        base_path = base_folder(base, data, config, Path(tmp) / "base", bundle)
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config={"config": dataclasses.asdict(config), "lora_rank": lora_rank,
-                               "base": ray.put(pack_folder(base_path)), "examples": ray.put(examples),
-                               "warmup": ray.put(warmup), "log_level": logs.level()},
-            scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu,
-                                         resources_per_worker={"CPU": config.cpus_per_worker}),
-            run_config=RunConfig(name=f"vlm-{int(time.time())}",
-                                 storage_path=storage.absolute(config.storage_path or f"{tmp}/ray-train")),
-        )
-        result = trainer.fit()
-        with result.checkpoint.as_directory() as folder:
-            summary = json.loads(Path(folder, "training.json").read_text())
-            if "warmup" in summary:
-                warmup = summary["warmup"]
-                logger.info(f"warm-up loss {warmup['loss_first']:.4f} -> {warmup['loss_last']:.4f} "
-                    f"in {summary['warmup']['seconds']}s")
-            logger.info(f"training loss {summary['loss_first']:.4f} -> {summary['loss_last']:.4f} in "
-                        f"{summary['seconds']}s")
-            metrics = evaluate_vlm(data, horizon, folder, base_path, config) if config.eval_users else {}
-            with BundleWriter(bundle_uri) as writer:
-                # The prompt builder's catalogue (titles, categories, images) travels with the model it was tuned for.
-                writer.add_file("catalogue.parquet", storage.parquet_bytes(data.table("items")))
-                writer.add_vlm(folder, {"base": base or "tiny", "lora_rank": lora_rank, "training": summary,
-                                        "examples": examples.num_rows, "metrics": metrics,
-                                        "config": dataclasses.asdict(config),
-                                        "train_seconds": round(time.perf_counter() - start, 1)})
-                manifest = writer.commit()
-    logger.info(f"bundle {manifest['version']} committed to {bundle_uri} with vlm/")
-    return manifest
 
 
 def evaluate_vlm(data, horizon, tuned: str | Path, untuned: str | Path, config: FinetuneConfig) -> dict:

@@ -19,6 +19,7 @@ from reasonrec.batch.shards import conform, read_shard
 from reasonrec.batch.tool_stage import ToolStage
 from reasonrec.bundle import Bundle
 from reasonrec.data import schemas
+from reasonrec.vlm.deliberator import DeliberatorConfig
 from reasonrec.evaluator import (
     evaluate_bundle,
     evaluate_results,
@@ -29,6 +30,7 @@ from reasonrec.evaluator import (
 )
 
 CONFIG = ScoreConfig(batch_size=200, mode="tools-only")  # this bundle has no VLM (tests/test_planner_job.py has)
+PLANNER_ON_CPU = ScoreConfig(batch_size=200, mode="planner", deliberator=DeliberatorConfig(device="cpu"))
 
 
 def stream(table: pa.Table, shard: str = "mem://shard") -> pa.Table:
@@ -111,7 +113,7 @@ def test_batch_answers_rank_exactly_like_the_evaluator(bundle_uri, synthetic_dat
         out = answer(bundle_uri, requests)
         scorer = majority_vote(bundle.load_tool(name) for name in bundle.tools_for(task))
     else:
-        out = answer(bundle_uri, requests, ScoreConfig(batch_size=200, mode="planner"), plan="tool")
+        out = answer(bundle_uri, requests, PLANNER_ON_CPU, plan="tool")
         scorer = tool_scorer(bundle.load_tool(tool))
     assert out.num_rows == requests.num_rows and out.column("error").null_count == out.num_rows
     results = commit._results(out, "r")
@@ -145,7 +147,7 @@ def test_batch_answers_rank_exactly_like_the_evaluator(bundle_uri, synthetic_dat
 def test_a_row_the_primary_tool_answers_alone_costs_that_tool_only(bundle_uri, synthetic_data, task):
     """Route low in planner mode (DESIGN.md §4): only the primary tool scores the row, and the answer is the one
     the row gets when every tool is scored."""
-    scoring = Scoring.load(bundle_uri, ScoreConfig(batch_size=200, mode="planner"))
+    scoring = Scoring.load(bundle_uri, PLANNER_ON_CPU)
     rows = HorizonStage(scoring)(stream(requests_for_split(synthetic_data, "test", task, k=10).slice(0, 40)))
     planned = {plan: rows.set_column(rows.schema.get_field_index("plan"), "plan", pa.array([plan] * rows.num_rows))
                for plan in ("tool", "vote")}
@@ -322,7 +324,7 @@ def test_ctr_answers_are_the_ctr_tools_click_probabilities(bundle_uri, synthetic
     from reasonrec.evaluator import evaluate_ctr_bundle
 
     requests = requests_for_split(synthetic_data, "test", "ctr", k=10)
-    out = answer(bundle_uri, requests, ScoreConfig(batch_size=200, mode="planner"), plan=plan)
+    out = answer(bundle_uri, requests, PLANNER_ON_CPU, plan=plan)
     assert out.column("error").null_count == out.num_rows == requests.num_rows
     results = commit._results(out, "r")
     assert set(results.column("path").to_pylist()) == {plan}
@@ -342,3 +344,13 @@ def test_ctr_answers_are_the_ctr_tools_click_probabilities(bundle_uri, synthetic
     np.testing.assert_allclose([got[key] for key in want], list(want.values()), rtol=1e-5, atol=1e-6)
     committed = evaluate_results(results, synthetic_data, "ctr")["metrics"]
     assert committed == pytest.approx(evaluate_ctr_bundle(synthetic_data, bundle, "test")["tools"]["dcnv2"], abs=1e-6)
+
+
+def test_a_local_ray_without_gpus_refuses_a_cuda_vlm_and_names_the_fix(ray_session):
+    """The VLM actors' GPU request comes from config: on a Ray this process started (no autoscaler) and that has no
+    GPU, asking for one would wait for ever, so it is an error naming deliberator.device; cpu asks for none."""
+    from actors.stages import vlm_resources
+
+    with pytest.raises(ValueError, match=r"set deliberator.device: cpu \(--vlm-device cpu\)"):
+        vlm_resources(DeliberatorConfig())
+    assert vlm_resources(DeliberatorConfig(device="cpu"))["num_gpus"] == 0

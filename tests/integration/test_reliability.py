@@ -115,14 +115,22 @@ def test_a_rerun_with_other_settings_starts_afresh(ray_session, requests_uri, bu
 
 
 def actor_processes(kind: str) -> list:
-    """Live worker processes of an actor class (Ray titles them ``ray::MapWorker(MapBatches(<class>))...``)."""
+    """Live worker processes of an actor class (Ray titles them ``ray::MapWorker(MapBatches(<class>))...``, or
+    ``ray::<class>...``)."""
     import psutil
 
+    import ray._private.worker
+
+    # Only this session's workers (descendants of its raylet): another Ray may run on the machine.
+    (raylet,) = ray._private.worker._global_node.all_processes["raylet"]
     found = []
-    for process in psutil.process_iter(["pid", "cmdline"]):
-        title = " ".join(process.info["cmdline"] or [])
-        if title.startswith("ray::") and f"({kind})" in title:
-            found.append(process.info["pid"])
+    for process in psutil.Process(raylet.process.pid).children(recursive=True):
+        try:
+            title = " ".join(process.cmdline())
+        except psutil.NoSuchProcess:
+            continue
+        if title.startswith(f"ray::{kind}") or (title.startswith("ray::") and f"({kind})" in title):
+            found.append(process.pid)
     return found
 
 
@@ -399,3 +407,48 @@ def test_unreadable_and_huge_item_images_quarantine_the_rows_that_show_them(vlm_
         assert (error is not None) == bool(shown[i] & {broken, huge}), (i, error)
     answered = [i for i, e in enumerate(errors) if e is None]
     assert answered and not np.isnan(out.column("vlm_confidence").to_numpy(zero_copy_only=False)[answered]).any()
+
+
+def first_checkpoint_state(run: Path, timeout_s: float = 300) -> dict:
+    """The loop state of the first checkpoint Ray Train has registered under ``run``: a reported checkpoint counts
+    once the controller has recorded it (its snapshot file, polled every 2 s); files alone may not yet."""
+    import torch
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if any(run.rglob("checkpoint_manager_snapshot.json")):
+            states = [torch.load(path, weights_only=False) for path in run.rglob("state.pt")]
+            return min(states, key=lambda state: state["step"])
+        time.sleep(0.05)
+    raise TimeoutError(f"no checkpoint under {run} in {timeout_s}s")
+
+
+def test_a_fine_tune_whose_worker_dies_resumes_from_its_checkpoint(ray_session, bundle_uri, synthetic_data, tmp_path):
+    """The Ray Train worker is SIGKILLed after its first checkpoint: the run restarts the worker, which resumes from
+    the latest checkpoint (not step 0), and the committed loss record continues that checkpoint's, step for step."""
+    from reasonrec.train.vlm import finetune_vlm
+    from reasonrec.vlm.build import TinyVLMConfig
+    from reasonrec.vlm.examples import ExamplesConfig
+    from reasonrec.vlm.finetune import FinetuneConfig
+
+    bundle = str(tmp_path / "bundle")
+    storage.upload_dir(storage.download_dir(bundle_uri, tmp_path / "tools"), bundle)
+    steps, every = 120, 10
+    config = FinetuneConfig(steps=steps, batch_size=2, checkpoint_every=every, max_failures=1, eval_users=0,
+                            log_every=every, storage_path=str(tmp_path / "run"), tiny=TinyVLMConfig(vocab_size=1024),
+                            examples=ExamplesConfig(candidates=4, per_user=1, max_history=3))
+    out: dict = {}
+    training = threading.Thread(target=lambda: out.update(manifest=finetune_vlm(synthetic_data.uri, bundle, config)))
+    training.start()
+    try:
+        first = first_checkpoint_state(tmp_path / "run")
+        (pid,) = actor_processes("RayTrainWorker")
+        os.kill(pid, signal.SIGKILL)
+    finally:
+        training.join(timeout=600)
+    summary = out["manifest"]["vlm"]["training"]
+    assert first["step"] == every and first["stage"] == "rvit"
+    (resumed,) = summary["resumed_from"]
+    assert every <= resumed < steps and resumed % every == 0  # the latest checkpoint when the worker died
+    assert len(summary["losses"]) == steps  # no step lost, none counted twice
+    assert summary["losses"][:every] == pytest.approx(first["losses"], abs=1e-5)

@@ -262,7 +262,7 @@ def test_tuning_teaches_the_vlm_to_rank(synthetic_data, horizon, tools, bundle, 
     import torch
 
     from reasonrec.vlm.build import TinyVLMConfig, load, save
-    from reasonrec.vlm.finetune import FinetuneConfig, base_folder, evaluate_vlm, train
+    from reasonrec.vlm.finetune import FinetuneConfig, evaluate_vlm, tiny_base, train
 
     torch.set_num_threads(2)
     examples = ExamplesConfig(candidates=8, max_history=3, per_user=3, item_tokens=True, candidates_from="shortlist",
@@ -272,7 +272,7 @@ def test_tuning_teaches_the_vlm_to_rank(synthetic_data, horizon, tools, bundle, 
                             listwise_weight=1.0, distill=0.5, tiny=TinyVLMConfig(vocab_size=1024,
                                                                                  identity_values=True),
                             examples=examples)
-    untuned = base_folder(None, synthetic_data, config, tmp_path / "untuned", bundle)
+    untuned = tiny_base(synthetic_data, config, tmp_path / "untuned", bundle)
     model, processor = load(untuned)
     rows = build_examples(synthetic_data, "train", horizon, tools, examples).to_pylist()
     train(model, processor, rows, config)

@@ -1,5 +1,7 @@
 """Typed configs from YAML + flags, and the command line's promise: a mistake is one line naming the file, the key
 path and what was expected, with exit code 2; every verb documents itself."""
+import importlib
+
 import pytest
 
 from jobs.cli import VERBS, build_parser, main
@@ -78,3 +80,30 @@ def test_version(capsys):
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.strip() == f"reasonrec {reasonrec.__version__}"
+
+
+@pytest.mark.parametrize("fields, gpus", [({}, 1.0), ({"device": "cpu"}, 0.0), ({"num_gpus": 0.5}, 0.5),
+                                          ({"device": "cpu", "num_gpus": 1}, 1)])
+def test_vlm_actors_ask_for_the_gpus_their_config_names(fields, gpus):
+    from reasonrec.vlm.deliberator import DeliberatorConfig
+
+    # From config alone (a GPU group at zero workers shows no GPU when the job starts).
+    assert DeliberatorConfig(**fields).resources() == {"num_cpus": 0.5, "num_gpus": gpus}
+
+
+def test_an_unknown_vlm_device_is_refused():
+    from reasonrec.vlm.deliberator import DeliberatorConfig
+
+    with pytest.raises(ValueError, match="deliberator device 'gpu'"):
+        DeliberatorConfig(device="gpu")
+
+
+def test_the_vlm_device_flag_reaches_every_verb_that_runs_the_vlm():
+    parser = build_parser()
+    for verb, base in (("score", ["--requests", "r", "--bundle", "b", "--output", "o"]),
+                       ("serve", ["--bundle", "b"]), ("fit-planner", ["--data", "d", "--bundle", "b"])):
+        args = parser.parse_args([verb, *base, "--vlm-device", "cpu"])
+        job = importlib.import_module(VERBS[verb]).config(args)
+        score = {"score": lambda: job.score, "serve": lambda: job.serve.score,
+                 "fit-planner": lambda: job.planner.score}[verb]()
+        assert score.deliberator.device == "cpu", verb

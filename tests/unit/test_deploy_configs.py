@@ -67,13 +67,16 @@ def test_kuberay_jobs_run_real_entry_points_with_real_flags(name, spec):
     parser = argparse.ArgumentParser()
     nightly_score.add_arguments(parser)
     args = parser.parse_args(argv[2:])  # an unknown or misspelt flag fails here
-    assert nightly_score.config(args).score.mode == args.mode
+    score = nightly_score.config(args).score
+    assert score.mode == "planner" and score.deliberator.resources()["num_gpus"] == 1  # asked before any GPU exists
     cluster = spec["rayClusterSpec"]
     assert cluster["rayVersion"] == ray.__version__
     groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
     assert set(groups) == {"cpu-workers", "gpu-workers"}
     for group in groups.values():
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    advertised = json.loads(yaml.safe_load(groups["cpu-workers"]["rayStartParams"]["resources"]))
+    assert set(score.cpu_actor_resources) <= set(advertised)  # the CPU actors fit the CPU group, and only it
     gpu = groups["gpu-workers"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert gpu["nvidia.com/gpu"] == "1"
     assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"

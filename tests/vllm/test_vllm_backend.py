@@ -1,5 +1,7 @@
 """Both deliberator backends on the same prompts: transformers (reference) and vLLM on CPU (one engine per session),
 once through ``ray.data.llm``; the deliberator actor under Ray Data."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -99,9 +101,9 @@ def test_deliberator_actor_in_ray_data(ray_session, vlm_bundle_uri, rows, refere
 
     from actors.stages import DeliberatorActor, vlm_resources
 
-    config = DeliberatorConfig(backend="transformers", batch_size=4, threads=1)
-    assert vlm_resources(config) == {"num_cpus": 0.5, "num_gpus": 0}  # no GPU in this cluster
-    assert config.resources(cluster_gpus=4)["num_gpus"] == 1
+    config = DeliberatorConfig(backend="transformers", device="cpu", batch_size=4, threads=1)
+    assert vlm_resources(config) == {"num_cpus": 0.5, "num_gpus": 0}  # device cpu: no GPU asked
+    assert dataclasses.replace(config, device="cuda").resources()["num_gpus"] == 1
     ds = ray.data.from_items(rows).map_batches(
         DeliberatorActor, fn_constructor_args=(vlm_bundle_uri, config), batch_size=4, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=1), **vlm_resources(config))
