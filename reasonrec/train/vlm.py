@@ -192,8 +192,9 @@ def checkpointed_state() -> dict | None:
         return None
     with checkpoint.as_directory() as folder:
         path = Path(folder, "state.pt")
-        # Our own file: optimiser and schedule state are plain Python objects beside the tensors.
-        return torch.load(path, weights_only=False) if path.exists() else None
+        # Tensors, numbers, strings and containers only (the optimiser's and the schedule's state dicts included):
+        # torch's safe loader takes them, so a checkpoint in shared storage can never run code.
+        return torch.load(path, weights_only=True) if path.exists() else None
 
 
 def measure(cfg: dict, tuned: Path, untuned: Path, config: FinetuneConfig) -> dict:

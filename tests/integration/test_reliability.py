@@ -417,7 +417,7 @@ def first_checkpoint_state(run: Path, timeout_s: float = 300) -> dict:
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         if any(run.rglob("checkpoint_manager_snapshot.json")):
-            states = [torch.load(path, weights_only=False) for path in run.rglob("state.pt")]
+            states = [torch.load(path, weights_only=True) for path in run.rglob("state.pt")]
             return min(states, key=lambda state: state["step"])
         time.sleep(0.05)
     raise TimeoutError(f"no checkpoint under {run} in {timeout_s}s")
