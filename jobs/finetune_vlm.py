@@ -1,8 +1,9 @@
 """R-VIT: fine-tune the VLM deliberator with Ray Train and add vlm/ to the bundle.
 
 Examples come from the bundle's tools (their outputs and the tool-usability labels), batches from the
-evidence-horizon curriculum. Without --base the tiny Idefics3 is built from config and trained in full; a given
-Hugging Face checkpoint is tuned with LoRA and merged for export. After training, HR@1 of the tuned model, the
+evidence-horizon curriculum. Without --base a tiny VLM is built from config (tiny.architecture: idefics3, llava or
+qwen2_vl) and trained in full; a given Hugging Face checkpoint (Idefics3/SmolVLM, LLaVA-1.5, Qwen2-VL; a local
+folder or an s3:// URI, which each Ray Train worker reads itself) is tuned with LoRA and merged for export. After training, HR@1 of the tuned model, the
 untuned one and the tuned one with images blanked is measured on held-out test users."""
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = lambda field: cli.default(FinetuneConfig, field)  # noqa: E731
     parser.add_argument("--data", required=True, help="a prepared folder")
     parser.add_argument("--bundle", required=True, help="a bundle with tools (its tools label the R-VIT examples)")
-    parser.add_argument("--base", help="a local Hugging Face VLM folder (Idefics3/SmolVLM, ...) to tune with LoRA "
-                                       "(default: the tiny Idefics3 built from config, trained in full)")
+    parser.add_argument("--base", help="a Hugging Face VLM checkpoint to tune with LoRA, a local folder or an "
+                                       "s3:// URI (Idefics3/SmolVLM, LLaVA-1.5, Qwen2-VL; default: the tiny model "
+                                       "built from config, trained in full)")
     parser.add_argument("--config", help="YAML with FinetuneConfig fields (examples: {...}, curriculum: {...}, "
                                          "tiny: {...}), e.g. reasonrec/configs/rvit_synthetic.yaml")
     parser.add_argument("--steps", type=int, help=f"default {d('steps')}")

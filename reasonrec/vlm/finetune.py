@@ -19,7 +19,8 @@ import numpy as np
 
 from reasonrec.train.curriculum import CurriculumConfig, HorizonCurriculum
 from reasonrec.vlm.backends import ANSWER_CUE, ImageCache
-from reasonrec.vlm.build import TinyVLMConfig
+from reasonrec.prompts.templates import IMAGE
+from reasonrec.vlm.build import TinyVLMConfig, image_marker, model_text
 from reasonrec.vlm.examples import ExamplesConfig
 
 logger = logging.getLogger(__name__)
@@ -100,11 +101,13 @@ class FinetuneConfig:
         return [t.strip() for t in self.eval_task.split(",") if t.strip()]
 
 
-def collate(processor, rows: list[dict], images: ImageCache, config: "FinetuneConfig | None" = None):
-    """Inputs for ``prompt + ANSWER_CUE + answer``; ``answer_mask`` marks the answer tokens (and end of
-    utterance), ``text_mask`` every other real text token (not padding, not image placeholders); ``choice_ids``
-    (-1 padded) and ``choice_target`` each row's choices and the listwise target over them (no choices for
-    explanations), ``answer_start`` the position of the answer's first token."""
+def collate(processor, rows: list[dict], images: ImageCache, config: "FinetuneConfig | None" = None,
+            marker: str = IMAGE):
+    """Inputs for ``prompt + ANSWER_CUE + answer``, images written as the model's ``marker``
+    (``build.image_marker``); ``answer_mask`` marks the answer tokens (and end of utterance), ``text_mask`` every
+    other real text token (not padding, not image placeholders); ``choice_ids`` (-1 padded) and ``choice_target``
+    each row's choices and the listwise target over them (no choices for explanations), ``answer_start`` the
+    position of the answer's first token."""
     import torch
 
     from reasonrec.prompts.templates import Prompt
@@ -112,7 +115,7 @@ def collate(processor, rows: list[dict], images: ImageCache, config: "FinetuneCo
 
     tokenizer = processor.tokenizer
     tokenizer.padding_side = "right"
-    texts = [r["prompt"] + ANSWER_CUE + " " + r["answer"] + tokenizer.eos_token for r in rows]
+    texts = [model_text(r["prompt"], marker) + ANSWER_CUE + " " + r["answer"] + tokenizer.eos_token for r in rows]
     pictures = [[images(uri) for uri in r["images"]] for r in rows]
     inputs = processor(text=texts, images=pictures if any(pictures) else None, padding=True, return_tensors="pt")
     answer_lengths = [len(tokenizer(" " + r["answer"], add_special_tokens=False).input_ids) + 1 for r in rows]
@@ -210,10 +213,11 @@ def train(model, processor, examples: list[dict], config: FinetuneConfig, *, dev
         resumed = [*resume["resumed"], resume["step"]]
         logger.info(f"{tag}resumed at step {resume['step']}/{config.steps} from a checkpoint")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.bf16 and str(device).startswith("cuda"))
+    marker = image_marker(getattr(model, "module", model).config)  # under DDP the model is its .module
     images = ImageCache()
     start = time.perf_counter()
     for step, batch in itertools.islice(enumerate(sampler), len(losses), None):  # the same seeded batches
-        inputs = collate(processor, [examples[i] for i in batch], images, config).to(device)
+        inputs = collate(processor, [examples[i] for i in batch], images, config, marker).to(device)
         with autocast:
             loss, prompt_loss, listwise = loss_terms(model, inputs)
         optimizer.zero_grad(set_to_none=True)

@@ -199,23 +199,34 @@ def test_report_command_line(mode_runs, synthetic_data, tmp_path, capsys):
     assert "two runs in mode 'planner'" in capsys.readouterr().err
 
 
-def test_multinode_vlm_actors_run_on_the_gpu_node_and_tools_elsewhere(routed_bundle_uri, requests_uri):
-    """A head, a CPU worker (advertising the custom resource "cpu_worker") and a worker advertising a GPU
-    (ray.cluster_utils.Cluster, in its own process)."""
+def test_the_gpu_group_scales_from_zero_for_the_vlm_and_back_when_idle(routed_bundle_uri, requests_uri):
+    """Ray's fake autoscaler with cluster/aws.yaml's node types (tests/scripts/autoscaling_job.py, its own process):
+    a head with 0 CPUs, the CPU group at its min_workers, the GPU group at 0. The nightly job's VLM actor asks for
+    a GPU (deliberator.device cuda), so the GPU group scales up and the actor runs there; the horizon, tool and
+    planner actors ask for the CPU group's resource and run there; once idle, the GPU group scales back to 0.
+    With the VLM actor's GPU request removed (VLM_GPUS=0) no GPU node comes up and this test fails."""
     import json
     import os
     import subprocess
     import sys
     from pathlib import Path
 
+    import yaml
+
     repo = Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "tests/scripts/multinode_job.py", routed_bundle_uri, requests_uri,
-                           "s3://reasonrec-test/planner/multinode"], cwd=repo, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "tests/scripts/autoscaling_job.py", routed_bundle_uri, requests_uri,
+                           "s3://reasonrec-test/planner/autoscaling"], cwd=repo, capture_output=True, text=True,
                           timeout=500, env={**os.environ, "PYTHONPATH": str(repo)})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
-    nodes, placed = found["nodes"], found["placed"]
+    deployed = yaml.safe_load((repo / "cluster" / "aws.yaml").read_text())["available_node_types"]
+    assert found["head"] == deployed["head"]["resources"] == {"CPU": 0}
+    assert found["min_workers"] == {name: spec["min_workers"] for name, spec in deployed.items() if name != "head"}
+    for name, resources in found["node_types"].items():
+        assert resources.items() >= deployed[name]["resources"].items()  # the YAML's resources, CPUs added
+    assert found["before"].get("gpu_worker", 0) == 0 and found["before"]["cpu_worker"] >= 1
+    assert found["gpu_peak"] == 1 and found["after"].get("gpu_worker", 0) == 0
     assert found["rows_out"] == ROWS and found["vlm_calls"] > 0
-    assert placed["VLMActor"] == [nodes["gpu"]]
-    for kind in ("HorizonActor", "ToolActor", "PlannerActor"):  # they ask for the CPU nodes' "cpu_worker"
-        assert placed[kind] == [nodes["cpu"]], (kind, placed)
+    assert found["placed"]["VLMActor"] == ["gpu_worker"]
+    for kind in ("HorizonActor", "ToolActor", "PlannerActor"):
+        assert found["placed"][kind] == ["cpu_worker"], (kind, found["placed"])

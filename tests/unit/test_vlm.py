@@ -1,4 +1,5 @@
-"""The tiny Idefics3 deliberator: offline build, save/reload, label log-probabilities (transformers backend)."""
+"""The tiny deliberators (Idefics3, LLaVA, Qwen2-VL): offline build, save/reload, label log-probabilities (transformers
+backend)."""
 import numpy as np
 import pytest
 
@@ -101,3 +102,58 @@ def test_identity_values_make_the_first_layer_copy(synthetic_data):
     eye = np.eye(attention.v_proj.weight.shape[0])
     np.testing.assert_allclose(attention.v_proj.weight.detach().numpy(), eye)
     np.testing.assert_allclose(attention.o_proj.weight.detach().numpy(), eye)
+
+
+def torchvision_loads() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torchvision") is not None
+
+
+@pytest.mark.parametrize("architecture", ["idefics3", "llava"])
+def test_each_architecture_builds_scores_and_reloads_offline(architecture, catalogue, tmp_path, monkeypatch):
+    """The tiny checkpoints a user's would look like (transformers' own config classes and PIL processors): prompts
+    with images scored the same in a batch and alone, and after a save/reload with the hub off; LoRA finds the
+    language model's attention projections, never the vision tower's."""
+    from reasonrec.vlm.finetune import lora_targets
+
+    model, processor = build_tiny([i.title for i in catalogue], TinyVLMConfig(vocab_size=1024,
+                                                                               architecture=architecture))
+    assert model.config.model_type == architecture
+    batch = prompts(catalogue)
+    deliberator = TransformersDeliberator(model, processor, batch_size=3)
+    together = deliberator.label_logprobs(batch)
+    for prompt, a, b in zip(batch, together, [deliberator.label_logprobs([p])[0] for p in batch]):
+        assert a.shape == (len(choices(prompt)),) and np.isfinite(a).all()
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    targets = lora_targets(model)
+    assert len(targets) == 4 * model.config.text_config.num_hidden_layers
+    assert all(".language_model." in t or ".text_model." in t for t in targets)
+    save(model, processor, tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    reloaded = TransformersDeliberator(*load(tmp_path), batch_size=3).label_logprobs(batch)
+    for a, b in zip(together, reloaded):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_qwen2_vl_is_built_where_torchvision_loads_and_names_it_where_not(catalogue):
+    """Qwen2-VL's processor needs its video processor, which transformers builds on torchvision: on a CPU-only stack
+    without it (this project's, docs/deliberator.md) building says exactly that; where torchvision loads (a GPU
+    node), the model is built and scores prompts with images written as its vision tokens."""
+    from reasonrec.vlm.build import image_marker, model_text
+
+    config = TinyVLMConfig(vocab_size=1024, architecture="qwen2_vl")
+    if not torchvision_loads():
+        with pytest.raises(ImportError, match="Qwen2VLVideoProcessor requires the Torchvision library"):
+            build_tiny([i.title for i in catalogue], config)
+        return
+    model, processor = build_tiny([i.title for i in catalogue], config)
+    assert image_marker(model.config) == "<|vision_start|><|image_pad|><|vision_end|>"
+    assert model_text("a <image> b", image_marker(model.config)).count("<|image_pad|>") == 1
+    scores = TransformersDeliberator(model, processor, batch_size=3).label_logprobs(prompts(catalogue))
+    assert all(np.isfinite(s).all() for s in scores)
+
+
+def test_an_unknown_architecture_is_an_error_naming_the_choices():
+    with pytest.raises(ValueError, match=r"tiny.architecture 'llama': use one of \('idefics3', 'llava', 'qwen2_vl'\)"):
+        TinyVLMConfig(architecture="llama")

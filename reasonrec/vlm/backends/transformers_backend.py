@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from reasonrec.vlm.backends import ANSWER_CUE, ImageCache, choices, label_token_ids
+from reasonrec.vlm.build import image_marker, model_text
 
 
 class TransformersDeliberator:
@@ -14,6 +15,7 @@ class TransformersDeliberator:
         self.batch_size = batch_size
         self.images = images or ImageCache()
         self.device = device
+        self.marker = image_marker(model.config)
 
     @torch.no_grad()
     def label_logprobs(self, prompts: list) -> list[np.ndarray]:
@@ -23,7 +25,7 @@ class TransformersDeliberator:
         for lo in range(0, len(prompts), self.batch_size):
             chunk = prompts[lo:lo + self.batch_size]
             images = [[self.images(uri) for uri in p.images] for p in chunk]
-            inputs = self.processor(text=[p.text + ANSWER_CUE for p in chunk],
+            inputs = self.processor(text=[model_text(p.text, self.marker) + ANSWER_CUE for p in chunk],
                                     images=images if any(images) else None, padding=True, return_tensors="pt")
             logits = self.model(**inputs.to(self.device)).logits[:, -1].float()
             logprobs = torch.log_softmax(logits, dim=-1).cpu()

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from reasonrec.prompts.templates import IMAGE
 from reasonrec.vlm.backends import ANSWER_CUE, ImageCache, choices, label_token_ids
+from reasonrec.vlm.build import image_marker, model_text
 
 
 KEEP = ("user_id", "task", "images", "labels", "context", "answer", "template_id")  # carried to the output
@@ -43,16 +45,40 @@ class VLLMConfig:
                 "VLLM_ENABLE_V1_MULTIPROCESSING": "0" if self.in_process else "1"}
 
 
+def unsupported(folder: str | Path) -> str | None:
+    """Why this vLLM cannot serve the model in ``folder`` on this machine, or None. vLLM imports each architecture's
+    module only when an engine starts (in a subprocess whose error reaches only its log): importing it here turns a
+    missing dependency into one line, e.g. LLaVA's module needs torchvision, which a CPU-only stack lacks."""
+    import importlib
+    import json
+
+    import vllm
+    from vllm.model_executor.models import ModelRegistry
+
+    architectures = json.loads(Path(folder, "config.json").read_text()).get("architectures") or []
+    for name in architectures:
+        entry = ModelRegistry.models.get(name)
+        if entry is None:
+            continue
+        try:
+            importlib.import_module(entry.module_name)
+        except ImportError as e:
+            return f"vLLM {vllm.__version__} cannot load {name} here: importing {entry.module_name} failed ({e})"
+        return None
+    return f"vLLM {vllm.__version__} has no model class for {architectures or 'this folder'}"
+
+
 def has_cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
 
 
-def request(prompt, tokenizer, images: ImageCache) -> tuple[dict, dict]:
-    """(vLLM prompt dict, sampling params) that read the prompt's label log-probabilities."""
+def request(prompt, tokenizer, images: ImageCache, marker: str = IMAGE) -> tuple[dict, dict]:
+    """(vLLM prompt dict, sampling params) that read the prompt's label log-probabilities; images written as the
+    model's ``marker`` (``build.image_marker``)."""
     ids = label_token_ids(tokenizer, choices(prompt))
-    inputs = {"prompt": prompt.text + ANSWER_CUE}
+    inputs = {"prompt": model_text(prompt.text, marker) + ANSWER_CUE}
     if prompt.images:
         inputs["multi_modal_data"] = {"image": [images(uri) for uri in prompt.images]}
     return inputs, dict(max_tokens=1, temperature=0.0, logprobs=len(ids), logprob_token_ids=ids)
@@ -60,19 +86,23 @@ def request(prompt, tokenizer, images: ImageCache) -> tuple[dict, dict]:
 
 class VLLMDeliberator:
     def __init__(self, folder: str | Path, config: VLLMConfig | None = None, images: ImageCache | None = None):
-        from transformers import AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
         from vllm import LLM
 
         self.config = config or VLLMConfig()
         os.environ.update(self.config.env())
+        problem = unsupported(folder)
+        if problem:
+            raise RuntimeError(f"{problem}: serve it with deliberator.backend: transformers")
         self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        self.marker = image_marker(AutoConfig.from_pretrained(folder, local_files_only=True))
         self.llm = LLM(model=str(folder), **self.config.engine_args())
         self.images = images or ImageCache()
 
     def label_logprobs(self, prompts: list) -> list[np.ndarray]:
         from vllm import SamplingParams
 
-        pairs = [request(p, self.tokenizer, self.images) for p in prompts]
+        pairs = [request(p, self.tokenizer, self.images, self.marker) for p in prompts]
         params = [SamplingParams(**sp) for _, sp in pairs]
         outputs = self.llm.generate([inputs for inputs, _ in pairs], params, use_tqdm=False)
         return [np.array([out.outputs[0].logprobs[0][i].logprob for i in sp.logprob_token_ids], dtype=np.float32)
@@ -87,7 +117,7 @@ def build_ray_data_processor(folder: str | Path, config: VLLMConfig | None = Non
     chat-template, tokenize and detokenize stages are off.
     """
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     from reasonrec.prompts.templates import Prompt
 
@@ -100,10 +130,11 @@ def build_ray_data_processor(folder: str | Path, config: VLLMConfig | None = Non
         runtime_env={"env_vars": config.env()},
         placement_group_config=None if gpu else {"bundles": [{"CPU": num_cpus}]})
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    marker = image_marker(AutoConfig.from_pretrained(folder, local_files_only=True))
     images = ImageCache()
 
     def preprocess(row: dict) -> dict:
-        inputs, sampling = request(Prompt.from_row(row), tokenizer, images)
+        inputs, sampling = request(Prompt.from_row(row), tokenizer, images, marker)
         # The engine stage consumes sampling_params: the label ids travel in their own column.
         out = {**row, "prompt": inputs["prompt"], "sampling_params": sampling,
                "label_ids": sampling["logprob_token_ids"]}
