@@ -2,7 +2,9 @@
 1. LoRA fine-tune steps of each tiny architecture (Idefics3, LLaVA-1.5; Qwen2-VL where torchvision loads) on the
    device, bf16 autocast on CUDA;
 2. the transformers backend's throughput (prompts/s, candidates/s) at batch 1, 8 and 32;
-3. the nightly job on a handful of rows with its VLM actor asking Ray for the device (vLLM where installed).
+3. the nightly job on a handful of rows with its VLM actor asking Ray for the device (vLLM where installed);
+4. ``finetune-vlm`` as a cluster runs it: LoRA through Ray Train from a given LLaVA checkpoint, one worker with a
+   GPU on CUDA (bf16, gradient checkpointing), a checkpoint halfway, held-out HR@1 of the export.
 Prints one line per figure and ends with "gpu check: ok"; any failure exits non-zero.
 
     python scripts/gpu_check.py [--device cuda|cpu] [--steps N] [--work DIR]
@@ -71,7 +73,7 @@ def fine_tune(data, architecture: str, device: str, steps: int, out: Path):
     return out
 
 
-def throughput(data, folder: Path, device: str) -> None:
+def throughput(data, folder: Path, device: str, batch_sizes=(1, 8, 32)) -> None:
     from reasonrec.horizon import EvidenceHorizon
     from reasonrec.prompts.templates import Prompt
     from reasonrec.vlm.backends.transformers_backend import TransformersDeliberator
@@ -84,7 +86,7 @@ def throughput(data, folder: Path, device: str) -> None:
     prompts = [Prompt.from_row(r) for r in rows]
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     model, processor = load(folder)
-    for batch_size in (1, 8, 32):
+    for batch_size in batch_sizes:
         backend = TransformersDeliberator(model, processor, batch_size=batch_size, device=device)
         backend.label_logprobs(prompts[:batch_size])  # warm-up
         sync()
@@ -92,7 +94,7 @@ def throughput(data, folder: Path, device: str) -> None:
         backend.label_logprobs(prompts)
         sync()
         seconds = time.perf_counter() - start
-        say(f"transformers backend on {device}, batch {batch_size:>2d}: {len(prompts) / seconds:7.1f} prompts/s, "
+        say(f"transformers backend ({model.config.model_type}) on {device}, batch {batch_size:>2d}: {len(prompts) / seconds:7.1f} prompts/s, "
             f"{sum(len(p.labels) for p in prompts) / seconds:8.1f} candidates/s")
 
 
@@ -114,21 +116,39 @@ def nightly_job(data, bundle: str, folder: Path, device: str, work: Path) -> Non
         writer.commit()
     requests = str(work / "requests")
     write_requests(requests_for_split(data, "test", "sequential", k=5).slice(0, 16), requests)
-    ray.init(num_cpus=4, num_gpus=1 if device == "cuda" else 0, include_dashboard=False, log_to_driver=False)
-    try:
-        backend = "auto" if importlib.util.find_spec("vllm") else "transformers"
-        score = ScoreConfig(mode="vlm-only", shortlist=8, deliberator=DeliberatorConfig(backend=backend,
-                                                                                        device=device))
-        start = time.perf_counter()
-        manifest = run(NightlyJob(requests, bundle, str(work / "results"), "2026-12-04", force=True, score=score))
-        seconds = time.perf_counter() - start
-        seen = ray.get(ray.remote(num_gpus=score.deliberator.resources()["num_gpus"])(visible).remote())
-    finally:
-        ray.shutdown()
+    backend = "auto" if importlib.util.find_spec("vllm") else "transformers"
+    score = ScoreConfig(mode="vlm-only", shortlist=8, deliberator=DeliberatorConfig(backend=backend, device=device))
+    start = time.perf_counter()
+    manifest = run(NightlyJob(requests, bundle, str(work / "results"), "2026-12-04", force=True, score=score))
+    seconds = time.perf_counter() - start
+    seen = ray.get(ray.remote(num_gpus=score.deliberator.resources()["num_gpus"])(visible).remote())
     assert manifest["rows_quarantined"] == 0 and manifest["vlm_calls_total"] == manifest["rows_out"] == 16, manifest
     say(f"nightly job: {manifest['rows_out']} rows, VLM calls {manifest['vlm_calls_total']}, backend {backend}, VLM "
         f"actor resources {score.deliberator.resources()} -> a worker with those resources sees {seen}; "
         f"{seconds:.0f}s")
+
+
+def ray_train_fine_tune(data, bundle: str, device: str, steps: int, work: Path) -> None:
+    """``reasonrec finetune-vlm --base LLAVA [--gpu]``: the workers read the base themselves, LoRA, a checkpoint
+    halfway through, the merged export committed to the bundle with its held-out HR@1."""
+    from reasonrec.train.vlm import finetune_vlm
+    from reasonrec.vlm.build import TinyVLMConfig, build_tiny, save
+    from reasonrec.vlm.examples import ExamplesConfig
+    from reasonrec.vlm.finetune import FinetuneConfig
+
+    base = work / "base-llava"
+    titles = [t for t in data.table("items").column("title").to_pylist() if t]
+    save(*build_tiny(titles, TinyVLMConfig(architecture="llava", vocab_size=1024)), base)
+    config = FinetuneConfig(steps=steps, batch_size=8, lora_rank=8, lr=1e-2, use_gpu=device == "cuda",
+                            cpus_per_worker=1, eval_users=40, eval_task="sequential", log_every=max(1, steps // 2),
+                            checkpoint_every=max(1, steps // 2), storage_path=str(work / "ray-train"),
+                            examples=ExamplesConfig(candidates=8, per_user=1, max_history=4))
+    vlm = finetune_vlm(data.uri, bundle, config, base=str(base))["vlm"]
+    training, metrics = vlm["training"], vlm["metrics"]
+    say(f"Ray Train fine-tune (llava base, LoRA rank 8, {'1 GPU' if config.use_gpu else 'CPU'}): {steps} steps x "
+        f"{config.batch_size}, loss {training['loss_first']:.3f} -> {training['loss_last']:.3f} in "
+        f"{training['seconds']}s; export HR@1 {metrics['HR@1_tuned']:.3f} (untuned {metrics['HR@1_untuned']:.3f}, "
+        f"chance {metrics['chance']:.3f}, {metrics['users']} held-out users)")
 
 
 def visible() -> str:
@@ -150,19 +170,26 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         data = catalogue(work)
-        architectures = ["idefics3", "llava"]
-        if importlib.util.find_spec("torchvision"):
-            architectures.append("qwen2_vl")
+        tuned = {a: fine_tune(data, a, args.device, args.steps, work / f"tuned-{a}") for a in ("idefics3", "llava")}
+        throughput(data, tuned["idefics3"], args.device)
+        if not importlib.util.find_spec("ray"):
+            raise SystemExit("ray is not installed: the nightly job cannot run (scripts/gpu_check.sh WHEELS=...)")
+        import ray
+
+        bundle = str(work / "bundle")
+        tools_bundle(data, bundle)
+        ray.init(num_cpus=4, num_gpus=1 if args.device == "cuda" else 0, include_dashboard=False,
+                 log_to_driver=False)
+        try:
+            nightly_job(data, bundle, tuned["idefics3"], args.device, work)
+            ray_train_fine_tune(data, bundle, args.device, args.steps, work)
+        finally:
+            ray.shutdown()
+        if importlib.util.find_spec("torchvision"):  # last: the one architecture CI's CPU stack cannot build
+            throughput(data, fine_tune(data, "qwen2_vl", args.device, args.steps, work / "tuned-qwen2_vl"),
+                       args.device, batch_sizes=(8,))
         else:
             say("qwen2_vl: not run, transformers builds its processor on torchvision, which is not installed here")
-        tuned = {a: fine_tune(data, a, args.device, args.steps, work / f"tuned-{a}") for a in architectures}
-        throughput(data, tuned["idefics3"], args.device)
-        if importlib.util.find_spec("ray"):
-            bundle = str(work / "bundle")
-            tools_bundle(data, bundle)
-            nightly_job(data, bundle, tuned["idefics3"], args.device, work)
-        else:
-            raise SystemExit("ray is not installed: the nightly job cannot run (scripts/gpu_check.sh WHEELS=...)")
     say(json.dumps({"seconds": round(time.perf_counter() - start, 1)}))
     say("gpu check: ok")
 
