@@ -3,8 +3,8 @@
    device, bf16 autocast on CUDA;
 2. the transformers backend's throughput (prompts/s, candidates/s) at batch 1, 8 and 32;
 3. the nightly job on a handful of rows with its VLM actor asking Ray for the device (vLLM where installed);
-4. ``finetune-vlm`` as a cluster runs it: LoRA through Ray Train from a given LLaVA checkpoint, one worker with a
-   GPU on CUDA (bf16, gradient checkpointing), a checkpoint halfway, held-out HR@1 of the export.
+4. ``finetune-vlm`` as a cluster runs it: LoRA through Ray Train from a given LLaVA (and Qwen2-VL) checkpoint, one
+   worker with a GPU on CUDA (bf16, gradient checkpointing), a checkpoint halfway, held-out HR@1 of the export.
 Prints one line per figure and ends with "gpu check: ok"; any failure exits non-zero.
 
     python scripts/gpu_check.py [--device cuda|cpu] [--steps N] [--work DIR]
@@ -128,24 +128,25 @@ def nightly_job(data, bundle: str, folder: Path, device: str, work: Path) -> Non
         f"{seconds:.0f}s")
 
 
-def ray_train_fine_tune(data, bundle: str, device: str, steps: int, work: Path) -> None:
-    """``reasonrec finetune-vlm --base LLAVA [--gpu]``: the workers read the base themselves, LoRA, a checkpoint
-    halfway through, the merged export committed to the bundle with its held-out HR@1."""
+def ray_train_fine_tune(data, bundle: str, architecture: str, device: str, steps: int, work: Path) -> None:
+    """``reasonrec finetune-vlm --base CHECKPOINT [--gpu]``: the workers read the base themselves, LoRA, a checkpoint
+    halfway through, the merged export committed to the bundle with its held-out HR@1 (the transformers backend
+    over the exported folder)."""
     from reasonrec.train.vlm import finetune_vlm
     from reasonrec.vlm.build import TinyVLMConfig, build_tiny, save
     from reasonrec.vlm.examples import ExamplesConfig
     from reasonrec.vlm.finetune import FinetuneConfig
 
-    base = work / "base-llava"
+    base = work / f"base-{architecture}"
     titles = [t for t in data.table("items").column("title").to_pylist() if t]
-    save(*build_tiny(titles, TinyVLMConfig(architecture="llava", vocab_size=1024)), base)
+    save(*build_tiny(titles, TinyVLMConfig(architecture=architecture, vocab_size=1024)), base)
     config = FinetuneConfig(steps=steps, batch_size=8, lora_rank=8, lr=1e-2, use_gpu=device == "cuda",
                             cpus_per_worker=1, eval_users=40, eval_task="sequential", log_every=max(1, steps // 2),
                             checkpoint_every=max(1, steps // 2), storage_path=str(work / "ray-train"),
                             examples=ExamplesConfig(candidates=8, per_user=1, max_history=4))
     vlm = finetune_vlm(data.uri, bundle, config, base=str(base))["vlm"]
     training, metrics = vlm["training"], vlm["metrics"]
-    say(f"Ray Train fine-tune (llava base, LoRA rank 8, {'1 GPU' if config.use_gpu else 'CPU'}): {steps} steps x "
+    say(f"Ray Train fine-tune ({architecture} base, LoRA rank 8, {'1 GPU' if config.use_gpu else 'CPU'}): {steps} steps x "
         f"{config.batch_size}, loss {training['loss_first']:.3f} -> {training['loss_last']:.3f} in "
         f"{training['seconds']}s; export HR@1 {metrics['HR@1_tuned']:.3f} (untuned {metrics['HR@1_untuned']:.3f}, "
         f"chance {metrics['chance']:.3f}, {metrics['users']} held-out users)")
@@ -182,7 +183,8 @@ def main() -> None:
                  log_to_driver=False)
         try:
             nightly_job(data, bundle, tuned["idefics3"], args.device, work)
-            ray_train_fine_tune(data, bundle, args.device, args.steps, work)
+            for architecture in ("llava", "qwen2_vl") if importlib.util.find_spec("torchvision") else ("llava",):
+                ray_train_fine_tune(data, bundle, architecture, args.device, args.steps, work)
         finally:
             ray.shutdown()
         if importlib.util.find_spec("torchvision"):  # last: the one architecture CI's CPU stack cannot build
