@@ -3,8 +3,9 @@
 Examples come from the bundle's tools (their outputs and the tool-usability labels), batches from the
 evidence-horizon curriculum. Without --base a tiny VLM is built from config (tiny.architecture: idefics3, llava or
 qwen2_vl) and trained in full; a given Hugging Face checkpoint (Idefics3/SmolVLM, LLaVA-1.5, Qwen2-VL; a local
-folder or an s3:// URI, which each Ray Train worker reads itself) is tuned with LoRA and merged for export. After training, HR@1 of the tuned model, the
-untuned one and the tuned one with images blanked is measured on held-out test users."""
+folder or an s3:// URI, which each Ray Train worker reads itself) is tuned with LoRA and merged for export. After
+training, HR@1 of the tuned model, the untuned one and the tuned one with images blanked is measured on held-out
+test users."""
 from __future__ import annotations
 
 import argparse

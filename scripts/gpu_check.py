@@ -94,7 +94,8 @@ def throughput(data, folder: Path, device: str, batch_sizes=(1, 8, 32)) -> None:
         backend.label_logprobs(prompts)
         sync()
         seconds = time.perf_counter() - start
-        say(f"transformers backend ({model.config.model_type}) on {device}, batch {batch_size:>2d}: {len(prompts) / seconds:7.1f} prompts/s, "
+        say(f"transformers backend ({model.config.model_type}) on {device}, batch {batch_size:>2d}: "
+            f"{len(prompts) / seconds:7.1f} prompts/s, "
             f"{sum(len(p.labels) for p in prompts) / seconds:8.1f} candidates/s")
 
 
@@ -146,7 +147,8 @@ def ray_train_fine_tune(data, bundle: str, architecture: str, device: str, steps
                             examples=ExamplesConfig(candidates=8, per_user=1, max_history=4))
     vlm = finetune_vlm(data.uri, bundle, config, base=str(base))["vlm"]
     training, metrics = vlm["training"], vlm["metrics"]
-    say(f"Ray Train fine-tune ({architecture} base, LoRA rank 8, {'1 GPU' if config.use_gpu else 'CPU'}): {steps} steps x "
+    say(f"Ray Train fine-tune ({architecture} base, LoRA rank 8, {'1 GPU' if config.use_gpu else 'CPU'}): "
+        f"{steps} steps x "
         f"{config.batch_size}, loss {training['loss_first']:.3f} -> {training['loss_last']:.3f} in "
         f"{training['seconds']}s; export HR@1 {metrics['HR@1_tuned']:.3f} (untuned {metrics['HR@1_untuned']:.3f}, "
         f"chance {metrics['chance']:.3f}, {metrics['users']} held-out users)")

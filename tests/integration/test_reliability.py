@@ -173,6 +173,7 @@ def test_node_loss_mid_run_loses_nothing(bundle_uri, requests_uri):
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(next(line for line in reversed(done.stdout.splitlines()) if line.startswith("{")))
+    print(report)
     assert report["removed"] and report["alive_nodes_after"] == 2
     accounted(output, 320)
 

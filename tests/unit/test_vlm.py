@@ -79,7 +79,11 @@ def test_item_tokens_start_from_the_tool_vectors_and_survive_export(synthetic_da
     np.testing.assert_allclose(rows[4], rows[:2].mean(axis=0))  # cold, group a
     np.testing.assert_allclose(rows[5], rows[:4].mean(axis=0))  # cold, a group without warm items
     wide = initial_rows(vectors, np.ones(6, bool), groups, width=4096, scale=1.0)
-    cosine = lambda m: (m / np.linalg.norm(m, axis=1, keepdims=True)) @ (m / np.linalg.norm(m, axis=1, keepdims=True)).T
+
+    def cosine(m):
+        unit = m / np.linalg.norm(m, axis=1, keepdims=True)
+        return unit @ unit.T
+
     assert np.abs(cosine(wide) - cosine(vectors)).max() < 0.1  # a random projection keeps the geometry
 
     model, processor = build_tiny(synthetic_data.table("items").column("title").to_pylist(),
