@@ -3,14 +3,13 @@
     python benchmarks/nightly_job.py [--data /tmp/rr/beauty] [--bundle /tmp/rr/beauty-bundle] [--task sequential]
                                      [--scales 1,2] [--batch-size N] [--tool-actors N]
 
-For each scale s, the requests are every evaluated user of the test split, repeated s times, in 5,000-row
-shards on local disk (each copy's users with fresh ids), scored in mode tools-only (the tools path;
-benchmarks/planner_job.py measures the VLM routes). "direct" reads the same shards and runs the same
-HorizonStage + ToolStage + PlannerStage in this process, batch by batch; "job" is the whole Ray Data job (plan,
-actor start-up and bundle loads, streaming, commit) on an already started local Ray. Their ratio is what Ray costs. Peak memory is the proportional set size (PSS,
-shared pages split between processes) of this process and all its descendants (the local Ray cluster),
-sampled every 0.5 s, minus the same sum just before the job: streaming means doubling the requests must not
-double it.
+For each scale s, the requests are every evaluated user of the test split, repeated s times, in 5,000-row shards on
+local disk (each copy's users with fresh ids), scored in mode tools-only (the tools path; benchmarks/planner_job.py
+measures the VLM routes). "direct" reads the same shards and runs the same HorizonStage + ToolStage + PlannerStage
+in this process, batch by batch; "job" is the whole Ray Data job (plan, actor start-up and bundle loads, streaming,
+commit) on an already started local Ray. Their ratio is what Ray costs. Peak memory is the proportional set size
+(PSS, shared pages split between processes) of this process and all its descendants (the local Ray cluster), sampled
+every 0.5 s, minus the same sum just before the job: streaming means doubling the requests must not double it.
 """
 from __future__ import annotations
 
