@@ -20,7 +20,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/reasonrec demo --out $(DEMO)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 test-unit: $(VENV)/.installed
 	$(PY) -m pytest -q tests/unit
