@@ -38,7 +38,8 @@ def finetune_vlm(data_uri: str, bundle_uri: str, config: FinetuneConfig | None =
     if base and config.examples.item_tokens:
         raise ValueError("examples.item_tokens: item tokens are added to the tiny model built from config; a given "
                          "checkpoint (--base) is tuned on its own vocabulary: set examples.item_tokens: false")
-    data = PreparedData(storage.absolute(data_uri))
+    # Absolute: the Ray Train workers read both, and their working directory is not the driver's.
+    data, bundle_uri = PreparedData(storage.absolute(data_uri)), storage.absolute(bundle_uri)
     bundle = Bundle(bundle_uri)
     horizon = EvidenceHorizon.from_json(bundle.read("horizon.json"))
     # The examples' tool outputs rank candidates over the catalogue: the ranking tools (CTR tools answer ctr only).

@@ -424,18 +424,22 @@ def first_checkpoint_state(run: Path, timeout_s: float = 300) -> dict:
     raise TimeoutError(f"no checkpoint under {run} in {timeout_s}s")
 
 
-def test_a_fine_tune_whose_worker_dies_resumes_from_its_checkpoint(ray_session, bundle_uri, synthetic_data, tmp_path):
+def test_a_fine_tune_whose_worker_dies_resumes_from_its_checkpoint(ray_session, bundle_uri, synthetic_data, tmp_path,
+                                                                    monkeypatch):
     """The Ray Train worker is SIGKILLed after its first checkpoint: the run restarts the worker, which resumes from
-    the latest checkpoint (not step 0), and the committed loss record continues that checkpoint's, step for step."""
+    the latest checkpoint (not step 0), and the committed loss record continues that checkpoint's, step for step.
+    The bundle is given as a relative path (as `make demo` does): the worker, whose working directory differs,
+    still reads it for the held-out evaluation."""
     from reasonrec.train.vlm import finetune_vlm
     from reasonrec.vlm.build import TinyVLMConfig
     from reasonrec.vlm.examples import ExamplesConfig
     from reasonrec.vlm.finetune import FinetuneConfig
 
-    bundle = str(tmp_path / "bundle")
+    monkeypatch.chdir(tmp_path)
+    bundle = "bundle"
     storage.upload_dir(storage.download_dir(bundle_uri, tmp_path / "tools"), bundle)
     steps, every = 120, 10
-    config = FinetuneConfig(steps=steps, batch_size=2, checkpoint_every=every, max_failures=1, eval_users=0,
+    config = FinetuneConfig(steps=steps, batch_size=2, checkpoint_every=every, max_failures=1, eval_users=8,
                             log_every=every, storage_path=str(tmp_path / "run"), tiny=TinyVLMConfig(vocab_size=1024),
                             examples=ExamplesConfig(candidates=4, per_user=1, max_history=3))
     out: dict = {}
@@ -453,3 +457,4 @@ def test_a_fine_tune_whose_worker_dies_resumes_from_its_checkpoint(ray_session, 
     assert every <= resumed < steps and resumed % every == 0  # the latest checkpoint when the worker died
     assert len(summary["losses"]) == steps  # no step lost, none counted twice
     assert summary["losses"][:every] == pytest.approx(first["losses"], abs=1e-5)
+    assert out["manifest"]["vlm"]["metrics"]["users"] == 8
