@@ -26,11 +26,14 @@ def say(line: str) -> None:
 
 
 def catalogue(work: Path):
+    """The prepared synthetic catalogue and its evidence horizon."""
     from reasonrec.data import loaders, prepared, synthetic
+    from reasonrec.horizon import EvidenceHorizon
 
     synthetic.write(synthetic.SyntheticConfig(users=300, items=120, seed=3, new_share=0.0), str(work / "raw"))
     prepared.prepare(loaders.load(str(work / "raw"), "parquet"), str(work / "data"))
-    return prepared.PreparedData(str(work / "data"))
+    data = prepared.PreparedData(str(work / "data"))
+    return data, EvidenceHorizon.fit(data.train.lengths, data.train.items, data.n_items)
 
 
 def tools_bundle(data, uri: str) -> None:
@@ -50,9 +53,8 @@ def tools_bundle(data, uri: str) -> None:
         writer.commit()
 
 
-def fine_tune(data, architecture: str, device: str, steps: int, out: Path):
+def fine_tune(data, horizon, architecture: str, device: str, steps: int, out: Path):
     """LoRA steps on the device from a tiny checkpoint of ``architecture``; returns the merged model's folder."""
-    from reasonrec.horizon import EvidenceHorizon
     from reasonrec.vlm.build import TinyVLMConfig, build_tiny, save
     from reasonrec.vlm.examples import ExamplesConfig, build_examples
     from reasonrec.vlm.finetune import FinetuneConfig, add_lora, train
@@ -61,7 +63,6 @@ def fine_tune(data, architecture: str, device: str, steps: int, out: Path):
     model, processor = build_tiny(titles, TinyVLMConfig(architecture=architecture, vocab_size=1024))
     config = FinetuneConfig(steps=steps, batch_size=8, lora_rank=8, lr=1e-2, log_every=max(1, steps // 2),
                             examples=ExamplesConfig(candidates=8, per_user=1, max_history=4))
-    horizon = EvidenceHorizon.fit(data.train.lengths, data.train.items, data.n_items)
     examples = build_examples(data, "train", horizon, {}, config.examples).to_pylist()
     model = add_lora(model, config.lora_rank, config.lora_alpha)
     summary = train(model, processor, examples, config, device=device)
@@ -73,14 +74,12 @@ def fine_tune(data, architecture: str, device: str, steps: int, out: Path):
     return out
 
 
-def throughput(data, folder: Path, device: str, batch_sizes=(1, 8, 32)) -> None:
-    from reasonrec.horizon import EvidenceHorizon
+def throughput(data, horizon, folder: Path, device: str, batch_sizes=(1, 8, 32)) -> None:
     from reasonrec.prompts.templates import Prompt
     from reasonrec.vlm.backends.transformers_backend import TransformersDeliberator
     from reasonrec.vlm.build import load
     from reasonrec.vlm.examples import ExamplesConfig, build_examples
 
-    horizon = EvidenceHorizon.fit(data.train.lengths, data.train.items, data.n_items)
     rows = build_examples(data, "test", horizon, {}, ExamplesConfig(candidates=20, seed=1), decision="answer",
                           tasks={"sequential": 1.0}).slice(0, 128).to_pylist()
     prompts = [Prompt.from_row(r) for r in rows]
@@ -117,14 +116,13 @@ def nightly_job(data, bundle: str, folder: Path, device: str, work: Path) -> Non
         writer.commit()
     requests = str(work / "requests")
     write_requests(requests_for_split(data, "test", "sequential", k=5).slice(0, 16), requests)
-    backend = "auto" if importlib.util.find_spec("vllm") else "transformers"
-    score = ScoreConfig(mode="vlm-only", shortlist=8, deliberator=DeliberatorConfig(backend=backend, device=device))
+    score = ScoreConfig(mode="vlm-only", shortlist=8, deliberator=DeliberatorConfig(device=device))  # backend auto
     start = time.perf_counter()
     manifest = run(NightlyJob(requests, bundle, str(work / "results"), "2026-12-04", force=True, score=score))
     seconds = time.perf_counter() - start
     seen = ray.get(ray.remote(num_gpus=score.deliberator.resources()["num_gpus"])(visible).remote())
     assert manifest["rows_quarantined"] == 0 and manifest["vlm_calls_total"] == manifest["rows_out"] == 16, manifest
-    say(f"nightly job: {manifest['rows_out']} rows, VLM calls {manifest['vlm_calls_total']}, backend {backend}, VLM "
+    say(f"nightly job: {manifest['rows_out']} rows, VLM calls {manifest['vlm_calls_total']}, backend auto, VLM "
         f"actor resources {score.deliberator.resources()} -> a worker with those resources sees {seen}; "
         f"{seconds:.0f}s")
 
@@ -172,9 +170,10 @@ def main() -> None:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
-        data = catalogue(work)
-        tuned = {a: fine_tune(data, a, args.device, args.steps, work / f"tuned-{a}") for a in ("idefics3", "llava")}
-        throughput(data, tuned["idefics3"], args.device)
+        data, horizon = catalogue(work)
+        tuned = {a: fine_tune(data, horizon, a, args.device, args.steps, work / f"tuned-{a}")
+                 for a in ("idefics3", "llava")}
+        throughput(data, horizon, tuned["idefics3"], args.device)
         if not importlib.util.find_spec("ray"):
             raise SystemExit("ray is not installed: the nightly job cannot run (scripts/gpu_check.sh WHEELS=...)")
         import ray
@@ -190,8 +189,8 @@ def main() -> None:
         finally:
             ray.shutdown()
         if importlib.util.find_spec("torchvision"):  # last: the one architecture CI's CPU stack cannot build
-            throughput(data, fine_tune(data, "qwen2_vl", args.device, args.steps, work / "tuned-qwen2_vl"),
-                       args.device, batch_sizes=(8,))
+            tuned_qwen = fine_tune(data, horizon, "qwen2_vl", args.device, args.steps, work / "tuned-qwen2_vl")
+            throughput(data, horizon, tuned_qwen, args.device, batch_sizes=(8,))
         else:
             say("qwen2_vl: not run, transformers builds its processor on torchvision, which is not installed here")
     say(json.dumps({"seconds": round(time.perf_counter() - start, 1)}))

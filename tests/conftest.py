@@ -31,6 +31,15 @@ def pytest_collection_modifyitems(items):
             item.add_marker(kind)
 
 
+def copy_files(uri: str, to: str) -> str:
+    """Every file below ``uri`` (a bundle, say) copied below ``to``, local or S3; returns ``to``."""
+    from reasonrec import storage
+
+    for rel in storage.list_files(uri):
+        storage.write_bytes(storage.join(to, rel), storage.read_bytes(storage.join(uri, rel)))
+    return to
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -132,15 +141,13 @@ def require_shared_data():
 @pytest.fixture(scope="session")
 def vlm_bundle_uri(bundle_uri, synthetic_data, ray_session):
     """A copy of the tools bundle with a tiny VLM fine-tuned by ``finetune_vlm`` (Ray Train, a few steps)."""
-    from reasonrec import storage
     from reasonrec.vlm.build import TinyVLMConfig
     from reasonrec.vlm.examples import ExamplesConfig
     from reasonrec.train.vlm import finetune_vlm
     from reasonrec.vlm.finetune import FinetuneConfig
 
     uri = "s3://reasonrec-test/vlm/bundle"
-    for rel in storage.list_files(bundle_uri):
-        storage.write_bytes(storage.join(uri, rel), storage.read_bytes(storage.join(bundle_uri, rel)))
+    copy_files(bundle_uri, uri)
     # The demo's form (configs/demo_vlm.yaml): item tokens, listings over the tools' shortlist, listwise loss.
     config = FinetuneConfig(steps=12, warmup_steps=4, batch_size=4, lr=3e-3, log_every=4, eval_users=12,
                             eval_task="sequential,direct", listwise_weight=1.0, distill=0.5,
@@ -172,8 +179,7 @@ def byo_bundle(ray_session, bundle_uri, synthetic_data, tmp_path_factory):
                              TinyVLMConfig(vocab_size=1024, architecture=architecture)), local)
             base, bundle = f"s3://reasonrec-test/checkpoints/{architecture}", f"s3://reasonrec-test/byo/{architecture}"
             storage.upload_dir(local, base)
-            for rel in storage.list_files(bundle_uri):
-                storage.write_bytes(storage.join(bundle, rel), storage.read_bytes(storage.join(bundle_uri, rel)))
+            copy_files(bundle_uri, bundle)
             config = FinetuneConfig(steps=6, batch_size=2, lora_rank=4, lr=1e-2, eval_users=0, checkpoint_every=0,
                                     log_every=3, examples=ExamplesConfig(candidates=4, per_user=1, max_history=3))
             finetune_vlm(synthetic_data.uri, bundle, config, base=base)
@@ -197,12 +203,10 @@ PLANNER_SCORE = planner_score()
 
 @pytest.fixture(scope="session")
 def planner_bundle_uri(vlm_bundle_uri, synthetic_data):
-    from reasonrec import storage
     from reasonrec.train.planner import FitPlannerConfig, fit_planner
 
     uri = "s3://reasonrec-test/planner/bundle"
-    for rel in storage.list_files(vlm_bundle_uri):
-        storage.write_bytes(storage.join(uri, rel), storage.read_bytes(storage.join(vlm_bundle_uri, rel)))
+    copy_files(vlm_bundle_uri, uri)
     fit_planner(synthetic_data.uri, uri, FitPlannerConfig(users=150, score=planner_score()))
     return uri
 
@@ -214,8 +218,7 @@ def routed_bundle_uri(planner_bundle_uri):
     from reasonrec import storage
 
     uri = "s3://reasonrec-test/planner/routed-bundle"
-    for rel in storage.list_files(planner_bundle_uri):
-        storage.write_bytes(storage.join(uri, rel), storage.read_bytes(storage.join(planner_bundle_uri, rel)))
+    copy_files(planner_bundle_uri, uri)
     manifest = storage.read_json(storage.join(uri, "manifest.json"))
     for task, policy in manifest["planner"]["policies"].items():
         policy.update(tau_low=0.3, tau_high=0.7, kappa=0.2, low="tool" if task == "sequential" else "vote")

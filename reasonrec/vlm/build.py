@@ -22,8 +22,8 @@ ARCHITECTURE_TOKENS = {
 }
 ARCHITECTURES = tuple(ARCHITECTURE_TOKENS)
 # How each image is written in the model's text: the prompts' IMAGE marker, unless the architecture wraps it.
-IMAGE_MARKERS = {"qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>",
-                 "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>"}
+QWEN_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+IMAGE_MARKERS = {"qwen2_vl": QWEN_IMAGE, "qwen2_5_vl": QWEN_IMAGE}
 
 
 @dataclasses.dataclass

@@ -7,6 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from conftest import copy_files
+
 from reasonrec import storage
 from reasonrec.batch import commit
 from jobs.cli import main
@@ -276,8 +278,7 @@ def test_score_refuses_a_bundle_without_the_configured_tool(bundle_uri, tmp_path
 
 
 def copy_bundle(uri: str, to: str, edit) -> str:
-    for rel in storage.list_files(uri):
-        storage.write_bytes(storage.join(to, rel), storage.read_bytes(storage.join(uri, rel)))
+    copy_files(uri, to)
     manifest = storage.read_json(storage.join(to, "manifest.json"))
     edit(manifest)
     storage.write_json(storage.join(to, "manifest.json"), manifest)

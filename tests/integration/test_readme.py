@@ -7,9 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, free_port
+from conftest import REPO, copy_files, free_port
 
-from reasonrec import storage
 
 BLOCK = re.compile(r"```(bash|python)\n(.*?)```", re.S)
 
@@ -31,9 +30,7 @@ def test_the_readme_is_a_front_door():
 
 @pytest.fixture
 def demo_output(planner_bundle_uri, synthetic_data, tmp_path):
-    bundle = tmp_path / "demo_output" / "bundle"
-    for rel in storage.list_files(planner_bundle_uri):
-        storage.write_bytes(str(bundle / rel), storage.read_bytes(storage.join(planner_bundle_uri, rel)))
+    copy_files(planner_bundle_uri, str(tmp_path / "demo_output" / "bundle"))
     return tmp_path
 
 
