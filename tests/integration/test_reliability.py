@@ -412,14 +412,15 @@ def test_unreadable_and_huge_item_images_quarantine_the_rows_that_show_them(vlm_
 
 def first_checkpoint_state(run: Path, timeout_s: float = 300) -> dict:
     """The loop state of the first checkpoint Ray Train has registered under ``run``: a reported checkpoint counts
-    once the controller has recorded it (its snapshot file, polled every 2 s); files alone may not yet."""
+    once the controller has recorded it (its snapshot file, polled every 2 s); files alone may not yet. Only the
+    earliest is read (checkpoint folders are named by time): a later one may still be being written."""
     import torch
 
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         if any(run.rglob("checkpoint_manager_snapshot.json")):
-            states = [torch.load(path, weights_only=True) for path in run.rglob("state.pt")]
-            return min(states, key=lambda state: state["step"])
+            first = min(run.rglob("state.pt"), key=lambda path: path.parent.name)
+            return torch.load(first, weights_only=True)
         time.sleep(0.05)
     raise TimeoutError(f"no checkpoint under {run} in {timeout_s}s")
 
