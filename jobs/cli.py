@@ -23,6 +23,7 @@ VERBS = {
     "score": "jobs.nightly_score",
     "evaluate": "jobs.evaluation",
     "report": "jobs.report",
+    "tables": "jobs.paper_tables",
     "serve": "jobs.serve",
     "demo": "jobs.demo",
 }

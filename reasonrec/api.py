@@ -37,12 +37,30 @@ def synth(out: str, config: SyntheticConfig | None = None) -> dict:
     return synthetic.write(config or SyntheticConfig(), out)
 
 
-def prepare(source: str, format: str, out: str, *, min_len: int = 3, negatives: int = 99, seed: int = 12345) -> dict:
-    """Load a dataset (``amazon-seq``, ``recbole`` or ``parquet``), split it leave-one-out, sample the direct task's
-    candidates and write the prepared folder; returns its ``meta.json``."""
-    from reasonrec.data import loaders, prepared
+def prepare(source: str | list[str], format: str | list[str], out: str, *, min_len: int = 3, negatives: int = 99,
+            seed: int = 12345, cut: str | int | None = None, domains: list[str] | None = None) -> dict:
+    """Load a dataset (``amazon-seq``, ``recbole`` or ``parquet``), split it leave-one-out (or at ``cut``, a date
+    or epoch seconds: train before, test after), sample the direct task's candidates and write the prepared folder;
+    returns its ``meta.json``. Several sources (one format each, or one for all) make one multi-domain catalogue
+    whose ids are prefixed by ``domains`` (default: each source's folder name)."""
+    from reasonrec.data import domains as multi
+    from reasonrec.data import loaders, prepared, split
 
-    return prepared.prepare(loaders.load(source, format), out, min_len=min_len, n_negatives=negatives, seed=seed)
+    sources = [source] if isinstance(source, str) else list(source)
+    formats = [format] * len(sources) if isinstance(format, str) else list(format)
+    if len(formats) == 1:
+        formats *= len(sources)
+    if len(formats) != len(sources):
+        raise ValueError(f"{len(sources)} sources but {len(formats)} formats: give one format, or one per source")
+    raws = [loaders.load(s, f) for s, f in zip(sources, formats)]
+    names = None
+    if len(raws) > 1 or domains:
+        names = list(domains) if domains else [raw.name for raw in raws]
+        raw = multi.combine(raws, names)
+    else:
+        raw = raws[0]
+    when = None if cut is None else split.parse_cut(cut)
+    return prepared.prepare(raw, out, min_len=min_len, n_negatives=negatives, seed=seed, cut=when, domains=names)
 
 
 def train_tools(data: str, bundle: str, config=None) -> dict:
@@ -96,9 +114,16 @@ def evaluate(data: str, task: str, *, bundle: str | None = None, results: str | 
     if (bundle is None) == (results is None):
         raise ValueError("evaluate needs exactly one of bundle (score its tools) or results (a committed run)")
     prepared = PreparedData(storage.absolute(data))
-    if results is not None:
-        return evaluate_results(read_results(results, run_date), prepared, task, split)
-    return evaluate_bundle(prepared, Bundle(storage.absolute(bundle)), task, split)
+    if results is None:
+        return evaluate_bundle(prepared, Bundle(storage.absolute(bundle)), task, split)
+    from reasonrec.batch.commit import committed_dates, committed_run
+
+    output = storage.absolute(results)
+    dates = committed_dates(output)
+    run = committed_run(output, run_date or (dates[-1] if dates else "")) or {}
+    report = evaluate_results(read_results(results, run_date), prepared, task, split)
+    return {**report, "dataset": prepared.meta["dataset"], "split_kind": prepared.meta.get("split", "leave-one-out"),
+            "mode": run.get("mode"), "run_id": run.get("run_id")}
 
 
 def write_report(runs: list[str], data: str, out: str | None = None, config=None, bundle: str | None = None) -> dict:

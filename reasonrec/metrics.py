@@ -35,3 +35,18 @@ def auc_and_logloss(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, 
     if len(np.unique(labels)) < 2:
         raise ValueError(f"AUC needs clicks and non-clicks; got {int(labels.sum())} clicks in {len(labels)} rows")
     return {"AUC": float(roc_auc_score(labels, probabilities)), "LogLoss": float(log_loss(labels, probabilities))}
+
+
+def text_quality(generated: list[str], references: list[str]) -> dict[str, float]:
+    """Explanation metrics on the paper's scale (Table A2): corpus BLEU-4 (sacrebleu, 13a tokenisation) and the mean
+    ROUGE-L F1 (rouge-score), both x 100."""
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    if len(generated) != len(references) or not references:
+        raise ValueError(f"{len(generated)} generated texts for {len(references)} references")
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    rouge = np.mean([scorer.score(ref, hyp)["rougeL"].fmeasure for hyp, ref in zip(generated, references)])
+    return {"BLEU-4": float(sacrebleu.corpus_bleu(list(generated), [list(references)]).score),
+            "ROUGE-L": float(100 * rouge)}
+

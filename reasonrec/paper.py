@@ -41,3 +41,21 @@ def published(dataset: str, task: str) -> dict[str, dict[str, float]]:
     if task == "ctr":
         return {m: {"AUC": a, "LogLoss": b} for m, (a, b) in TABLE_2.get(dataset, {}).items()}
     return {m: {"HR@5": a, "NDCG@5": b} for m, (a, b) in TABLE_1.get(dataset, {}).get(task, {}).items()}
+
+# Table A4: multi-domain sequential recommendation, HR@5 / NDCG@5 by composition (1: Sports + Beauty, 2: + Clothing,
+# 3: + Toys).
+TABLE_A4 = {
+    "P5": {"Sports+Beauty": (0.0195, 0.0096), "+Clothing": (0.0115, 0.0042), "+Toys": (0.0051, 0.0011)},
+    "VIP5": {"Sports+Beauty": (0.0311, 0.0213), "+Clothing": (0.0159, 0.0111), "+Toys": (0.0081, 0.0053)},
+    "REASONREC": {"Sports+Beauty": (0.0582, 0.0488), "+Clothing": (0.0323, 0.0235), "+Toys": (0.0199, 0.0132)},
+}
+
+# Table A2: explanation generation, BLEU-4 / ROUGE-L (x 100) on Beauty and Toys.
+TABLE_A2 = {
+    "Attn2Seq": {"Beauty": (0.8014, 9.7992), "Toys": (1.6419, 10.7834)},
+    "NRT": {"Beauty": (0.8438, 9.9785), "Toys": (1.9267, 11.2239)},
+    "PETER": {"Beauty": (1.2172, 9.4628), "Toys": (3.7822, 11.8632)},
+    "P5": {"Beauty": (1.0389, 10.9447), "Toys": (1.4698, 10.1814)},
+    "VIP5": {"Beauty": (1.2983, 12.9471), "Toys": (2.3421, 12.0865)},
+    "REASONREC": {"Beauty": (4.3683, 17.4422), "Toys": (5.6332, 20.8345)},
+}

@@ -26,6 +26,8 @@ class ScoreConfig:
     # or one yes/no prompt per candidate. A bundle tuned before direct_form existed is asked with ``template``.
     direct_template: str = "direct-11"
     direct_yes_no_template: str = "direct-01"
+    explain_template: str = "explain-01"  # the explanation template an explain request is asked with
+    explain_max_tokens: int = 48  # generated tokens per explanation (greedy)
     deliberator: DeliberatorConfig = dataclasses.field(default_factory=DeliberatorConfig)
     vlm_actors: int = 1
     vlm_batch_size: int = 64  # rows per VLM-actor call (the backend batches inside it)
@@ -48,7 +50,7 @@ class ScoreConfig:
         if self.mode not in MODES:
             raise ValueError(f"ScoreConfig.mode {self.mode!r}: use one of {MODES}")
         for name in ("max_k", "max_history", "batch_size", "horizon_batch_size", "tool_actors", "torch_threads",
-                     "shortlist", "vlm_actors", "vlm_batch_size"):
+                     "shortlist", "vlm_actors", "vlm_batch_size", "explain_max_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ScoreConfig.{name} must be >= 1, got {getattr(self, name)}")
         unknown = set(self.primary) - set(RANKED_TASKS)

@@ -24,5 +24,7 @@ class HorizonStage:
         task = strings(batch.column("task"))
         route = self.planner.routes(task, c)
         plan = self.planner.paths_before_vlm(self.mode, task, route)  # decided here, read by every later stage
+        explain = task == "explain"  # the VLM alone, whatever the horizon (paper Appendix A)
+        route[explain], plan[explain] = "medium", "vlm"
         return appended(batch, ROUTED, [pa.array(c, pa.float32()), pa.array(route, pa.string()),
                                         pa.array(plan.astype(str), pa.string())])

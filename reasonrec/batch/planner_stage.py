@@ -36,6 +36,8 @@ class PlannerStage:
 
     def answer(self, batch: pa.Table, task_name: str) -> pa.Table:
         """Rows of one task."""
+        if task_name == "explain":
+            return self.explained(batch)
         start = time.perf_counter()
         n, tools = self.shortlist, self.planner.tools_for(task_name)
         rows = batch.num_rows
@@ -81,6 +83,32 @@ class PlannerStage:
             "overrode": pa.array(d.overrode, pa.bool_()),
             "vlm_top": _ids(vlm_top, self.vocab),
             "tools_top": _ids(tools_top, self.vocab),
+            "text": pa.nulls(rows, pa.string()),
+        }
+        return appended(batch.drop_columns(["latency_ms"]), ANSWER, [answers[name] for name in ANSWER_COLUMNS])
+
+    def explained(self, batch: pa.Table) -> pa.Table:
+        """Explain rows: the VLM's generated text is the answer; no ranking, no tools."""
+        rows = batch.num_rows
+        latency = pc.fill_null(batch.column("latency_ms"), 0.0).to_numpy(zero_copy_only=False)
+        stars = pc.cast(pc.round(batch.column("rating")), pa.int32())
+        trace = pc.binary_join_element_wise(
+            f"mode: {self.mode}; path: vlm; explanation of ", batch.column("item_id"), " at ",
+            pc.cast(stars, pa.string()), " stars", "")
+        answers = {
+            "confidence": pa.nulls(rows, pa.float32()),
+            "ranked": pa.array([[]] * rows, schemas.RANKED),
+            "tools": pa.array([[]] * rows, pa.list_(pa.string())),
+            "trace": trace,
+            "model_version": pa.array(np.full(rows, self.version), pa.string()),
+            "latency_ms": pa.array(latency, pa.float32()),
+            "path": pa.array(np.full(rows, "vlm"), pa.string()),
+            "vlm_called": pa.array(np.ones(rows, dtype=bool)),
+            "escalated": pa.array(np.zeros(rows, dtype=bool)),
+            "overrode": pa.array(np.zeros(rows, dtype=bool)),
+            "vlm_top": pa.nulls(rows, pa.string()),
+            "tools_top": pa.nulls(rows, pa.string()),
+            "text": batch.column("vlm_text"),
         }
         return appended(batch.drop_columns(["latency_ms"]), ANSWER, [answers[name] for name in ANSWER_COLUMNS])
 

@@ -28,6 +28,8 @@ def requests_for_split(data: PreparedData, split: str, task: str, k: int, seed: 
         "candidates": pa.nulls(len(history), pa.list_(pa.string())),
         "k": pa.array(np.full(len(history), k), pa.int32()),
         "history": list_array(history.offsets, data.item_vocab.lookup(history.items)),
+        "item_id": pa.nulls(len(history), pa.string()),
+        "rating": pa.nulls(len(history), pa.float32()),
     }
     if task in ("direct", "ctr"):
         cand = evalset.candidates if task == "direct" else ctr_candidates(data, split, history.user_ids)
@@ -37,6 +39,22 @@ def requests_for_split(data: PreparedData, split: str, task: str, k: int, seed: 
         offsets = np.concatenate([[0], np.cumsum(present.sum(axis=1))])
         columns["candidates"] = list_array(offsets, data.item_vocab.lookup(cand[present]))
     return pa.table(columns, schema=schemas.REQUESTS)
+
+
+def explain_requests(data: PreparedData, split: str) -> pa.Table:
+    """One explain request per review of ``split`` (``reasonrec.data.explain``): the user, the purchases before it,
+    the item and its star rating."""
+    rows, history = data.explain_rows(split)
+    n = rows.num_rows
+    if n == 0:
+        raise ValueError(f"{data.uri}: no reviews for split {split!r}: explain requests need a dataset with review "
+                         "text (interactions.review)")
+    return pa.table({
+        "user_id": rows.column("user_id"), "task": pa.array(np.full(n, "explain"), pa.string()),
+        "candidates": pa.nulls(n, pa.list_(pa.string())), "k": pa.array(np.ones(n), pa.int32()),
+        "history": list_array(history.offsets, data.item_vocab.lookup(history.items)),
+        "item_id": rows.column("item_id"), "rating": rows.column("rating"),
+    }, schema=schemas.REQUESTS)
 
 
 def ctr_candidates(data: PreparedData, split: str, users: np.ndarray) -> np.ndarray:
@@ -60,7 +78,9 @@ def ctr_candidates(data: PreparedData, split: str, users: np.ndarray) -> np.ndar
 def make_requests(data: PreparedData, split: str = "test", tasks: tuple[str, ...] = ("sequential", "direct"),
                   k: int = 10, users: int = 0, seed: int = 0) -> pa.Table:
     """Requests for every task of ``tasks``; ``users``: the same seeded sample of that many users for every task."""
-    tables = [requests_for_split(data, split, task, k, seed=seed) for task in tasks]
+    tables = [explain_requests(data, split) if task == "explain" else requests_for_split(data, split, task, k,
+                                                                                            seed=seed)
+              for task in tasks]
     if users:
         ids = tables[0].column("user_id").to_numpy(zero_copy_only=False)
         keep = pa.array(sorted(set(ids[np.random.default_rng(seed).permutation(len(ids))[:users]])), pa.string())

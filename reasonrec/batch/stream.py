@@ -8,7 +8,8 @@ that adds its columns at the end and passes every row on:
     horizon   ROUTED    ``horizon`` C, ``route`` (low/medium/high) and ``plan``: who answers before the VLM has
                         spoken (tool / vote / vlm / aggregate, ``Planner.paths_before_vlm``); decided once, here
     tools     SIGNALS   the vote's pool, every tool's shortlist scores, the primary tool's top k, ``latency_ms``
-    vlm       VLM       the VLM's shortlist scores and confidence (rows whose plan asks the VLM)
+    vlm       VLM       the VLM's shortlist scores and confidence (rows whose plan asks the VLM); explain rows its
+                        generated text
     planner   ANSWER    the final ranking, path, trace, ... (schemas.RESULTS)
 
 A rejected row keeps flowing with its reason; the sink writes it to quarantine, so nothing is dropped on the way.
@@ -42,10 +43,11 @@ SIGNALS = [
     pa.field("tool_confidence", pa.float32()), pa.field("latency_ms", pa.float32()),
 ]
 
-VLM = [pa.field("vlm_scores", pa.list_(pa.float32())), pa.field("vlm_confidence", pa.float32())]
+VLM = [pa.field("vlm_scores", pa.list_(pa.float32())), pa.field("vlm_confidence", pa.float32()),
+       pa.field("vlm_text", pa.string())]  # explain rows: the generated text
 
 ANSWER_COLUMNS = ("confidence", "ranked", "tools", "trace", "model_version", "latency_ms", "path", "vlm_called",
-                  "escalated", "overrode", "vlm_top", "tools_top")
+                  "escalated", "overrode", "vlm_top", "tools_top", "text")
 ANSWER = [schemas.RESULTS.field(name) for name in ANSWER_COLUMNS]
 
 # What the sink keeps of every block, in this order (the signals were read by the planner stage).

@@ -38,7 +38,8 @@ class ToolStage:
         one_group = len(ok) and ok.all() and (task == task[0]).all() and (alone == alone[0]).all()
         if one_group and task[0] in self.primary:  # e.g. a served request: no regrouping
             return self.signals(batch, task[0], bool(alone[0]))
-        parts = [_without_signals(batch.filter(pa.array(~ok)))]
+        scored = ok & np.isin(task, list(self.primary))  # explain rows need no tool
+        parts = [_without_signals(batch.filter(pa.array(~scored)))]
         for name in self.primary:
             for primary_only in (False, True):
                 rows = batch.filter(pa.array(ok & (task == name) & (alone == primary_only)))

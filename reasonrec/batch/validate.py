@@ -64,8 +64,22 @@ class Validator:
         unknown = self._unknown_candidates(n_cand, items)
         check(unknown > 0, lambda r: f"candidates: {unknown[r]} not in the catalogue, e.g. "
                                      f"{self._first_unknown(candidates, r)!r}")
+        self._check_explain(batch, task, check)
         rows = np.flatnonzero(np.not_equal(reasons, None))
         return reject(batch, rows, reasons[rows], "validate")
+
+    def _check_explain(self, batch: pa.Table, task: pa.ChunkedArray, check) -> None:
+        """An explain row names the item to explain and the user's 1-5 star rating of it."""
+        explain = as_mask(pc.equal(task, "explain"))
+        if not explain.any():
+            return
+        item, rating = batch.column("item_id"), batch.column("rating")
+        check(explain & nulls(item), lambda r: "item_id: task 'explain' needs the item to explain")
+        known = self.catalogue.index(pc.fill_null(item, "")) >= 0
+        check(explain & ~known, lambda r: f"item_id: {_v(item, r)} not in the catalogue")
+        check(explain & nulls(rating), lambda r: "rating: task 'explain' needs the user's star rating (1-5)")
+        in_range = pc.and_(pc.greater_equal(rating, 1), pc.less_equal(rating, 5))
+        check(explain & ~as_mask(pc.fill_null(in_range, True)), lambda r: f"rating: {_v(rating, r)} outside 1-5")
 
     def _not_answered(self, task: str) -> str:
         why = self.unanswered.get(task)

@@ -1,4 +1,5 @@
-"""The VLM stage: rows whose plan asks the VLM get a listing prompt over their shortlist and one forward pass.
+"""The VLM stage: rows whose plan asks the VLM get a listing prompt over their shortlist and one forward pass;
+explain rows get their explanation generated (greedy).
 
 They are asked in the form the bundle's VLM was tuned on (its manifest's examples config, DESIGN.md §5): the same
 templates per task, the shortlist listed in the user's seeded ``listing_order``, items as title + image and, when
@@ -23,12 +24,10 @@ from reasonrec.batch.columns import appended, list_parts, strings
 from reasonrec.batch.context import Scoring
 from reasonrec.batch.stream import ASKS_VLM, VLM, accepted, reject
 from reasonrec.data.vocab import Vocab
-from reasonrec.prompts.catalogue import Catalogue, listing_order
+from reasonrec.prompts.catalogue import NO_HISTORY, Catalogue, explain_prompt, listing_order
 from reasonrec.prompts.cot import Deliberation, format_context
-from reasonrec.prompts.templates import Item, load_templates, render
+from reasonrec.prompts.templates import load_templates, render
 from reasonrec.vlm.deliberator import BundleDeliberator
-
-NO_HISTORY = Item("no purchases yet")
 
 
 class PromptBuilder:
@@ -37,8 +36,10 @@ class PromptBuilder:
     the VLM was tuned to answer direct yes/no)."""
 
     def __init__(self, catalogue: Catalogue, vocab: Vocab, template_id: str, max_history: int,
-                 ctr_template_id: str = "ctr-01", direct_template_id: str | None = None):
+                 ctr_template_id: str = "ctr-01", direct_template_id: str | None = None,
+                 explain_template_id: str = "explain-01"):
         self.template = _template(template_id, "candidates", "a listing template (e.g. sequential-01)")
+        self.explain_template = _template(explain_template_id, "rating", "an explanation template (e.g. explain-01)")
         self.ctr_template = _template(ctr_template_id, "item", "a yes/no template about one item (e.g. ctr-01)")
         # A direct row's own template: a listing one (direct-11) or a yes/no one (direct-01); None: the listing
         # template above, as bundles tuned before the direct listing forms existed were asked.
@@ -73,6 +74,14 @@ class PromptBuilder:
                 rows.append(r)
                 positions.append(j)
         return out, np.array(rows, dtype=np.int64), np.array(positions, dtype=np.int64)
+
+    def explain_rows(self, batch: pa.Table) -> list[dict]:
+        """One generation prompt per explain row: its item and star rating, in the form R-VIT tuned on."""
+        history = _lists_of_indices(batch.column("history"), self.vocab)
+        items = self.vocab.index(batch.column("item_id"))
+        ratings = batch.column("rating").to_numpy(zero_copy_only=False)
+        return [explain_prompt(self.catalogue, self.explain_template, u, h[h > 0], i, round(r), self.max_history)
+                for u, h, i, r in zip(batch.column("user_id").to_pylist(), history, items, ratings)]
 
     def rows(self, batch: pa.Table, shortlist: int) -> tuple[list[dict], list[np.ndarray]]:
         """Prompt rows, and per row the listing order: candidate j of the prompt is shortlist entry order[j].
@@ -112,8 +121,9 @@ class VLMStage:
         direct = {"listing": config.direct_template, "yes_no": config.direct_yes_no_template}.get(
             examples.get("direct_form"))
         self.prompts = PromptBuilder(catalogue, scoring.vocab, config.template, examples.get("max_history", 5),
-                                     config.ctr_template, direct)
+                                     config.ctr_template, direct, config.explain_template)
         self.deliberate = BundleDeliberator(bundle, config.deliberator)
+        self.explain_max_tokens = config.explain_max_tokens
 
     def _yes_no_rows(self, batch: pa.Table, n: int):
         """ctr rows with the ctr template, direct rows (a VLM tuned to answer direct yes/no) with the direct one."""
@@ -159,8 +169,18 @@ class VLMStage:
         wanted = valid & np.isin(strings(batch.column("plan")), ASKS_VLM)
         task = strings(batch.column("task"))
         is_ctr = (task == "ctr") | ((task == "direct") & self.prompts.direct_yes_no)
+        is_explain = task == "explain"
         start = time.perf_counter()
-        asked = np.flatnonzero(wanted & ~is_ctr)
+        text = np.full(rows, None, dtype=object)
+        explained = np.flatnonzero(wanted & is_explain)
+        if len(explained):  # generation: the item's explanation, greedy
+            prompts = self.prompts.explain_rows(batch.take(explained))
+            usable = self._usable(prompts, np.arange(len(explained)))
+            batch, valid = self._reject(batch, valid, explained, usable)
+            keep = usable[0]
+            found = self.deliberate.explain([p for p, k in zip(prompts, keep) if k], self.explain_max_tokens)
+            text[explained[keep]] = found
+        asked = np.flatnonzero(wanted & ~is_ctr & ~is_explain)
         if len(asked):
             prompts, orders = self.prompts.rows(batch.take(asked), n)
             usable = self._usable(prompts, np.arange(len(asked)))
@@ -191,7 +211,7 @@ class VLMStage:
         batch = batch.set_column(batch.schema.get_field_index("latency_ms"), "latency_ms", _nullable(latency, valid))
         return appended(batch, VLM, [
             pa.FixedSizeListArray.from_arrays(pa.array(scores.reshape(-1), pa.float32()), n).cast(VLM[0].type),
-            pa.array(confidence, pa.float32(), mask=np.isnan(confidence))])
+            pa.array(confidence, pa.float32(), mask=np.isnan(confidence)), pa.array(text, pa.string())])
 
 
 def _nullable(values: np.ndarray, valid: np.ndarray) -> pa.Array:

@@ -13,12 +13,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from reasonrec import storage
-from reasonrec.data import ctr, schemas, split
+from reasonrec.data import ctr, explain, schemas, split
 from reasonrec.data.loaders import RawDataset
 from reasonrec.data.sequences import Sequences
 from reasonrec.data.vocab import Vocab
 
-TABLES = ("interactions", "items", "train", "valid", "test", "candidates", "ctr")
+TABLES = ("interactions", "items", "train", "valid", "test", "candidates", "ctr", "explain")
 
 
 @dataclass
@@ -30,16 +30,25 @@ class EvalSet:
     candidates: np.ndarray | None  # (U, 1 + n_neg) item indices, positive first; -1 pads short lists
 
 
-def prepare(raw: RawDataset, out_uri: str, *, min_len: int = 3, n_negatives: int = 99, seed: int = 12345) -> dict:
-    interactions = split.sort_interactions(raw.interactions)
-    items = _complete_items(raw.items, interactions)
-    parts = split.leave_one_out(interactions, min_len=min_len)
+def prepare(raw: RawDataset, out_uri: str, *, min_len: int = 3, n_negatives: int = 99, seed: int = 12345,
+            cut: int | None = None, domains: list[str] | None = None) -> dict:
+    """``cut`` (epoch seconds): the time split (train before it, test after it) instead of leave-one-out;
+    ``domains``: the domain names of a combined dataset (``reasonrec.data.domains``), for per-domain metrics."""
+    everything = split.sort_interactions(raw.interactions)
+    items = _complete_items(raw.items, everything)
+    if cut is None:
+        interactions, parts = everything, split.leave_one_out(everything, min_len=min_len)
+        clicked = interactions
+    else:  # the interactions after the cut that are not a test item are no part of the prepared data
+        interactions, parts = split.time_split(everything, cut, min_len=min_len)
+        clicked = interactions.filter(pc.is_in(interactions.column("user_id"), parts["test"].column("user_id")))
     catalogue = items.column("item_id").to_numpy(zero_copy_only=False)
-    candidates = pa.concat_tables([
-        split.sample_candidates(interactions, parts[name], catalogue, name, n_negatives=n_negatives, seed=seed)
+    candidates = pa.concat_tables([  # negatives: never interacted with, after the cut included
+        split.sample_candidates(everything, parts[name], catalogue, name, n_negatives=n_negatives, seed=seed)
         for name in ("valid", "test")
     ])
-    clicks = ctr.sample_ctr(interactions, catalogue, min_len=min_len, seed=seed)
+    clicks = ctr.sample_ctr(clicked, catalogue, min_len=min_len, seed=seed)
+    explanations = explain.sample_explain(parts["train"], seed=seed)
     meta = {
         "dataset": raw.name,
         "users": pc.count_distinct(interactions.column("user_id")).as_py(),
@@ -49,16 +58,26 @@ def prepare(raw: RawDataset, out_uri: str, *, min_len: int = 3, n_negatives: int
         "min_len": min_len,
         "n_negatives": n_negatives,
         "seed": seed,
+        "split": "leave-one-out" if cut is None else "time",
+        **({"cut": int(cut)} if cut is not None else {}),
+        **({"domains": list(domains)} if domains else {}),
         "fingerprint": _fingerprint(interactions),
+        "explain_rows": _counts(explanations),
         "ctr_rows": {name: int(n) for name, n in zip(*np.unique(clicks.column("split").to_numpy(zero_copy_only=False),
                                                                  return_counts=True))},
     }
     storage.delete(storage.join(out_uri, "meta.json"))
-    tables = {"interactions": interactions, "items": items, **parts, "candidates": candidates, "ctr": clicks}
+    tables = {"interactions": interactions, "items": items, **parts, "candidates": candidates, "ctr": clicks,
+              "explain": explanations}
     for name, table in tables.items():
         storage.write_parquet(table, storage.join(out_uri, f"{name}.parquet"))
     storage.write_json(storage.join(out_uri, "meta.json"), meta)
     return meta
+
+
+def _counts(rows: pa.Table) -> dict:
+    names, counts = np.unique(rows.column("split").to_numpy(zero_copy_only=False), return_counts=True)
+    return {name: int(n) for name, n in zip(names, counts)}
 
 
 def _complete_items(items: pa.Table, interactions: pa.Table) -> pa.Table:
@@ -155,16 +174,29 @@ class PreparedData:
         rows = self.table("ctr").filter(pc.equal(pc.field("split"), name))
         if rows.num_rows == 0:
             raise ValueError(f"{self.uri}: no CTR rows for split {name!r}")
-        everything = self.purchases  # every evaluated user's purchases, in time order
+        return ctr.CTRSet(self.before(rows), self.item_vocab.index(rows.column("item_id")),
+                          rows.column("label").to_numpy().astype(np.float32), self.item_features)
+
+    def explain_rows(self, name: str) -> tuple[pa.Table, Sequences]:
+        """The explanation rows of split ``name`` (train, valid, test) and each one's history (the purchases
+        before it). Empty for a dataset without reviews."""
+        try:
+            rows = self.table("explain")
+        except FileNotFoundError:
+            rows = explain.SCHEMA.empty_table()
+        rows = rows.filter(pc.equal(pc.field("split"), name))
+        return rows, self.before(rows)
+
+    def before(self, rows: pa.Table) -> Sequences:
+        """Per row (``user_id``, ``prefix``), the user's first ``prefix`` purchases in time order."""
+        everything = self.purchases
         user = Vocab(everything.user_ids).index(rows.column("user_id"))
         prefix = rows.column("prefix").to_numpy().astype(np.int64)
         offsets = np.concatenate([[0], np.cumsum(prefix)])
         starts = np.repeat(everything.offsets[user], prefix)
         within = np.arange(offsets[-1]) - np.repeat(offsets[:-1], prefix)
-        history = Sequences(rows.column("user_id").to_numpy(zero_copy_only=False), offsets,
-                            everything.items[starts + within])
-        return ctr.CTRSet(history, self.item_vocab.index(rows.column("item_id")),
-                          rows.column("label").to_numpy().astype(np.float32), self.item_features)
+        return Sequences(rows.column("user_id").to_numpy(zero_copy_only=False), offsets,
+                         everything.items[starts + within])
 
     @cached_property
     def purchases(self) -> Sequences:

@@ -68,6 +68,9 @@ REQUESTS = pa.schema([
     pa.field("candidates", pa.list_(pa.string())),  # null: retrieve from the full catalogue
     pa.field("k", pa.int32()),
     pa.field("history", pa.list_(pa.string())),
+    # explain: the item to explain and the user's star rating of it (1-5); null for the other tasks.
+    pa.field("item_id", pa.string()),
+    pa.field("rating", pa.float32()),
 ])
 REQUIRED_REQUEST_COLUMNS = ("user_id", "task", "k")
 
@@ -92,6 +95,8 @@ RESULTS = pa.schema([
     pa.field("overrode", pa.bool_()),  # the VLM's top won against the tools' vote
     pa.field("vlm_top", pa.string()),
     pa.field("tools_top", pa.string()),
+    pa.field("item_id", pa.string()),  # explain: the explained item (the request's); null for the other tasks
+    pa.field("text", pa.string()),  # explain: the generated explanation (greedy); null for the other tasks
 ])
 
 QUARANTINE = pa.schema([

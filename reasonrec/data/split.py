@@ -85,3 +85,52 @@ def sample_candidates(interactions: pa.Table, targets: pa.Table, catalogue: np.n
         targets.column("item_id"),
         pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=pa.string())),
     ], schema=schemas.CANDIDATES)
+
+
+def time_split(interactions: pa.Table, cut: int, min_len: int = 3) -> tuple[pa.Table, dict[str, pa.Table]]:
+    """Train before ``cut`` (epoch seconds), test after it: the time-shift protocol (paper Fig. A2).
+
+    A user is evaluated when they have at least ``min_len - 1`` interactions before the cut and one at or after it:
+    their first interaction at or after the cut is the test item, their last one before it the validation item, the
+    rest train. Every other interaction at or after the cut is left out, so nothing after the cut is trained on.
+    Returns the interactions kept (what the prepared folder records) and the three parts.
+    """
+    table = sort_interactions(interactions)
+    ts = table.column("ts").to_numpy()
+    after = ts >= cut
+    if after.all() or not after.any():
+        raise ValueError(f"--cut {cut}: every interaction is {'after' if after.all() else 'before'} it (ts from "
+                         f"{ts.min()} to {ts.max()}); choose a cut inside the data's time range")
+    pos, _ = positions(table)
+    codes = _user_codes(table)
+    n_users = int(codes.max()) + 1
+    n_before = np.bincount(codes[~after], minlength=n_users)
+    first_after = after & (pos == n_before[codes])  # sorted by time: a user's rows before the cut come first
+    evaluated = (n_before >= min_len - 1) & np.bincount(codes[after], minlength=n_users).astype(bool)
+    test = first_after & evaluated[codes]
+    valid = ~after & evaluated[codes] & (pos == n_before[codes] - 1)
+    keep = ~after | test
+    return table.filter(pa.array(keep)), {
+        "train": table.filter(pa.array(keep & ~(test | valid))),
+        "valid": table.filter(pa.array(valid)),
+        "test": table.filter(pa.array(test)),
+    }
+
+
+def _user_codes(sorted_interactions: pa.Table) -> np.ndarray:
+    return np.asarray(pc.dictionary_encode(sorted_interactions.column("user_id").combine_chunks()).indices)
+
+
+def parse_cut(cut: str | int) -> int:
+    """A cut as epoch seconds: an integer, or an ISO date/time (UTC when it names no zone)."""
+    import datetime as dt
+
+    if isinstance(cut, int) or str(cut).lstrip("-").isdigit():
+        return int(cut)
+    try:
+        when = dt.datetime.fromisoformat(str(cut))
+    except ValueError:
+        raise ValueError(f"--cut {cut!r}: not a date (YYYY-MM-DD, an ISO date-time or epoch seconds)") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return int(when.timestamp())

@@ -5,7 +5,9 @@ title names adjective, shape and category but not the colour, and the style (bac
 only: part of every user's taste (a preferred colour, a style direction) is visible in the images alone, which is
 what the deliberator's image ablation measures. Users have a taste over categories and styles, and a
 long-tailed activity (most users are cold). Sequences mix three signals a recommender can learn: taste (who),
-series order within a category (what comes next) and popularity. Deterministic from the seed.
+series order within a category (what comes next) and popularity. Every purchase has a star rating and a review
+(``reviews``) that depend on the buyer's taste and the item: the explanation task's targets. Deterministic from
+the seed.
 
 New arrivals (``new_share`` of the catalogue) reach the shelves at the end of the window, in ``new_window`` waves
 (``new_arrivals``): they can only be among a user's last few purchases, so they have few or no training
@@ -119,14 +121,19 @@ def generate(config: SyntheticConfig) -> tuple[pa.Table, pa.Table, dict[str, byt
     frame = pd.DataFrame({"u": user_rows, "i": seqs[user_rows, step], "gap": gaps})
     frame["ts"] = start[frame["u"]] + frame.groupby("u")["gap"].cumsum()
     frame = frame.drop_duplicates(["u", "i"], keep="first")  # a product is bought once
+    colour_names = list(COLOURS)
+    u, i = frame["u"].to_numpy(), frame["i"].to_numpy()
+    rating, review = reviews(np.argmax(taste[u], axis=1), category[i], colour[i] == colour_pref[u],
+                             np.einsum("ij,ij->i", style_pref[u], style[i]) > 0, shape[i],
+                             frame.groupby("u").cumcount().to_numpy(), config.seed)
     interactions = schemas.conform(pa.table({
         "user_id": [f"u{u:06d}" for u in frame["u"]],
         "item_id": [f"i{i:05d}" for i in frame["i"]],
         "ts": frame["ts"].to_numpy(),
-        "rating": np.full(len(frame), 5.0, dtype=np.float32),
+        "rating": rating,
+        "review": review,
     }), schemas.INTERACTIONS, "synthetic")
 
-    colour_names = list(COLOURS)
     # A new arrival says so in its title, as shop listings do: text the VLM reads and an ID-only tool cannot.
     titles = [f"{'New ' if is_new[i] else ''}{ADJECTIVES[i % len(ADJECTIVES)]} {SHAPES[shape[i]].title()} "
               f"{CATEGORIES[category[i]]}" for i in range(n)]
@@ -141,6 +148,39 @@ def generate(config: SyntheticConfig) -> tuple[pa.Table, pa.Table, dict[str, byt
     images = {item_ids[i]: draw_item(colour_names[colour[i]], SHAPES[shape[i]], style[i], config.image_size)
               for i in range(n)}
     return interactions, items, images
+
+
+OPENINGS = {5: ("Love it", "Absolutely love it"), 4: ("Really like it", "Very happy with it"),
+            3: ("It is okay", "Decent enough"), 2: ("Not for me", "Rather disappointing"),
+            1: ("Awful", "Very disappointed")}
+
+
+def reviews(top_category: np.ndarray, category: np.ndarray, colour_match: np.ndarray, style_match: np.ndarray,
+            shape: np.ndarray, earlier: np.ndarray, seed: int) -> tuple[np.ndarray, list[str]]:
+    """Star rating and review sentence of each purchase, from the buyer and the item.
+
+    What the text says depends on the user (their favourite category, the rating they give, how many purchases
+    came before: ``earlier``; whether the item's colour, seen only in its image, is theirs; whether its look suits
+    their style) as much as on the item (its shape and category, as its title names them): an item's most common
+    review, or a template over its attributes, gets only part of it right. From a stream of its own, so the
+    purchases themselves are the same with or without reviews."""
+    rng = np.random.default_rng([seed, 2])
+    fan = top_category == category
+    noise = rng.choice([-1, 0, 1], size=len(fan), p=[0.15, 0.7, 0.15])
+    rating = np.clip(2 + fan + colour_match + style_match + noise, 1, 5)
+    pick = rng.integers(0, 2, (len(fan), 2))
+    texts = []
+    regular = np.where(earlier == 0, "my first order here", np.where(earlier < 5, "I am fairly new here",
+                                                                       "I order here often"))
+    for r, f, c, s, top, cat, sh, (a, b), who in zip(rating, fan, colour_match, style_match, top_category, category,
+                                                     shape, pick, regular):  # text: once per purchase
+        mine = CATEGORIES[top]
+        taste = (f"as a {mine} fan this {CATEGORIES[cat]} fits my routine" if f else
+                 (f"a change from my usual {mine}" if b else f"not what I buy, I am more into {mine}"))
+        texts.append(f"{OPENINGS[r][a]}, {who}: {taste}; the {SHAPES[sh].title()} {CATEGORIES[cat]} "
+                     f"{'is my colour' if c else 'is not my colour'} and the look "
+                     f"{'suits me' if s else 'is not my style'}.")
+    return rating.astype(np.float32), texts
 
 
 def draw_item(colour: str, shape: str, style: np.ndarray, size: int = 224) -> bytes:

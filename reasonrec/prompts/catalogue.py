@@ -7,7 +7,10 @@ import zlib
 import numpy as np
 import pyarrow as pa
 
-from reasonrec.prompts.templates import Item
+from reasonrec.prompts.cot import Deliberation, format_context
+from reasonrec.prompts.templates import Item, Template, render
+
+NO_HISTORY = Item("no purchases yet")
 
 
 def item_token(item_id: str) -> str:
@@ -59,3 +62,17 @@ class Catalogue:
             return (f"{same} of the {len(history)} past purchases are {category}, and {self.items[item].title} is "
                     "one too")
         return f"{self.items[item].title} is a new direction after {len(history)} purchases"
+
+
+def explain_prompt(catalogue: Catalogue, template: Template, user: str, history: np.ndarray, item: int, rating: int,
+                   max_history: int) -> dict:
+    """The prompt row of an explanation, the same in R-VIT training and in the VLM stage: the user's profile over
+    their whole known history, their last ``max_history`` items, the item and the star rating; the deliberation
+    line states that the VLM answers alone (no horizon, no tools: paper Appendix A)."""
+    shown = [catalogue.items[i] for i in history[-max_history:]] or [NO_HISTORY]
+    prompt = render(template, user=user, profile=catalogue.profile(history), history=shown,
+                    item=catalogue.items[item], rating=int(rating))
+    context = format_context(Deliberation(decision="answer", answer=""))
+    return {"user_id": user, "prompt": prompt.text + "\n" + context, "images": list(prompt.images), "labels": [],
+            "context": context, "template_id": prompt.template_id, "task": "explain"}
+

@@ -19,13 +19,15 @@ class RecommendRequest(BaseModel):
     model_config = {"extra": "forbid"}
 
     user_id: str = ID
-    task: Literal["sequential", "direct", "ctr"] = "sequential"
+    task: Literal["sequential", "direct", "ctr", "explain"] = "sequential"
     history: list[str] | None = Field(default=None, max_length=MAX_HISTORY,
                                       description="item ids, oldest first; omitted: the user's history in the "
                                                   "bundle's data")
     candidates: list[str] | None = Field(default=None, min_length=1, max_length=MAX_CANDIDATES,
                                          description="items to rank; omitted: the whole catalogue (sequential)")
     k: int = Field(default=10, ge=1, le=MAX_K)
+    item_id: str | None = Field(default=None, max_length=256, description="explain: the item to explain")
+    rating: float | None = Field(default=None, description="explain: the user's star rating of the item, 1-5")
 
 
 class ScoredItem(BaseModel):
@@ -44,6 +46,7 @@ class RecommendResponse(BaseModel):
     tools: list[str]
     trace: str
     model_version: str
+    text: str | None = None  # explain: the generated explanation
 
 
 @dataclasses.dataclass

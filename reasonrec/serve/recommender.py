@@ -19,7 +19,7 @@ from reasonrec.data.vocab import Vocab
 from reasonrec.serve.api import RecommendRequest
 
 RESPONSE_COLUMNS = ["user_id", "task", "route", "path", "horizon", "confidence", "tools", "trace", "model_version",
-                    "ranked", "error", "stage"]
+                    "ranked", "text", "error", "stage"]
 
 
 class Histories:

@@ -143,3 +143,7 @@ class BundleDeliberator:
 
     def __call__(self, rows: list[dict]) -> list[Verdict]:
         return deliberate(self.backend, rows)
+
+    def explain(self, rows: list[dict], max_new_tokens: int) -> list[str]:
+        """The generated explanation of each prompt row (greedy)."""
+        return self.backend.generate([Prompt.from_row(r) for r in rows], max_new_tokens)

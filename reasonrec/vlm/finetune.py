@@ -267,8 +267,10 @@ def tiny_base(data, config: FinetuneConfig, into: Path, bundle=None) -> Path:
     from reasonrec.vlm.build import build_tiny, save
     from reasonrec.vlm.item_tokens import add_catalogue_tokens
 
-    titles = [t for t in data.table("items").column("title").to_pylist() if t]
-    model, processor = build_tiny(titles, config.tiny)
+    corpus = [t for t in data.table("items").column("title").to_pylist() if t]
+    if config.examples.task_shares.get("explain"):  # the words of the reviews it learns to write
+        corpus += data.explain_rows("train")[0].column("review").to_pylist()[:5000]
+    model, processor = build_tiny(corpus, config.tiny)
     if config.examples.item_tokens:
         name = config.item_token_tool or next((t for t in ITEM_TOKEN_TOOLS if t in bundle.tool_names), None)
         if name is None:

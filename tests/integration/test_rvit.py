@@ -255,6 +255,30 @@ def test_a_served_prompt_is_the_prompt_the_vlm_was_tuned_on(synthetic_data, hori
             assert e["answer"] in p["labels"] and p["labels"][0].startswith("<|item:")
 
 
+def test_an_explain_request_is_asked_as_the_vlm_was_tuned(synthetic_data, horizon, bundle_uri):
+    """The explanation example of a test review and the prompt the VLM stage writes for the explain request of the
+    same (user, item, rating) are the same text; the example's answer is the review."""
+    from reasonrec.batch.requests import explain_requests
+    from reasonrec.batch.vlm_stage import PromptBuilder
+    from reasonrec.prompts.catalogue import Catalogue
+
+    config = ExamplesConfig(max_history=3, item_tokens=True, task_shares={"explain": 1.0}, seed=3)
+    examples = [e for e in build_examples(synthetic_data, "test", horizon, {}, config).to_pylist()
+                if e["template_id"] == "explain-01"][:5]
+    assert len(examples) >= 3 and {e["task"] for e in examples} == {"explain"}
+    requests = explain_requests(synthetic_data, "test")
+    catalogue = Catalogue(synthetic_data.table("items"), synthetic_data.item_vocab, item_tokens=True)
+    builder = PromptBuilder(catalogue, synthetic_data.item_vocab, "sequential-01", 3)
+    served = {(p["user_id"], r["item_id"]): (p, r) for p, r in zip(builder.explain_rows(requests),
+                                                                  requests.to_pylist())}
+    reviews = synthetic_data.table("explain").to_pandas().set_index(["user_id", "item_id"])["review"]
+    for e in examples:
+        prompt, request = served[(e["user_id"], e["candidates"][0])]
+        assert (prompt["prompt"], prompt["context"], prompt["images"]) == (e["prompt"], e["context"], e["images"])
+        assert f"{round(request['rating'])}-star" in prompt["prompt"] and e["answer"] == reviews[
+            (e["user_id"], e["candidates"][0])]
+
+
 def test_tuning_teaches_the_vlm_to_rank(synthetic_data, horizon, tools, bundle, tmp_path):
     """Fails when the VLM learns nothing: at a small seeded setting (the demo's form, 80 steps in-process), the tuned
     VLM ranks held-out test users' positives first among 8 random candidates at least 0.10 more often than the

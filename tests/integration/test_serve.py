@@ -9,10 +9,15 @@ import requests
 from conftest import PLANNER_SCORE, free_port
 
 from reasonrec.batch import commit
-from reasonrec.batch.requests import requests_for_split, write_requests
+from reasonrec.batch.requests import explain_requests, requests_for_split, write_requests
 
 PARITY_USERS = 100
 CTR_USERS = 12  # ctr requests beside them: click probabilities of the CTR tool and the VLM
+EXPLAIN_ROWS = 4  # and explanations (generated, greedy), two of them by one user
+
+
+def key(row: dict) -> tuple:
+    return row["user_id"], row["task"], row.get("item_id")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +45,15 @@ def parity_requests(synthetic_data):
                            pa.array([[]], cold.schema.field("history").type))
     return pa.concat_tables([sequential.slice(0, half - 1), cold,
                              requests_for_split(synthetic_data, "test", "direct", k=10).slice(half, half),
-                             requests_for_split(synthetic_data, "test", "ctr", k=10).slice(0, CTR_USERS)])
+                             requests_for_split(synthetic_data, "test", "ctr", k=10).slice(0, CTR_USERS),
+                             _two_by_one_user(explain_requests(synthetic_data, "test"))])
+
+
+def _two_by_one_user(explain: pa.Table) -> pa.Table:
+    users = explain.column("user_id").to_pylist()
+    twice = next(u for u in users if users.count(u) > 1)
+    rows = [i for i, u in enumerate(users) if u == twice][:2] + [i for i, u in enumerate(users) if u != twice]
+    return explain.take(rows[:EXPLAIN_ROWS])
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +65,7 @@ def batch_rows(ray_session, parity_requests, routed_bundle_uri):
     run(NightlyJob(f"{uri}/requests", routed_bundle_uri, f"{uri}/results", "2026-11-27", force=True,
                    score=dataclasses.replace(PLANNER_SCORE)))
     batch = commit.read_committed(f"{uri}/results", "2026-11-27")
-    return {(r["user_id"], r["task"]): r for r in batch.to_pylist()}
+    return {key(r): r for r in batch.to_pylist()}
 
 
 def test_health_bundle_and_openapi(served, routed_bundle_uri):
@@ -68,15 +81,21 @@ def test_served_answers_equal_the_nightly_job_across_routes(served, parity_reque
     """Same bundle, same requests: the served ranking is the committed row's (100 users, every route; and ctr
     requests, answered with click probabilities)."""
     expected = batch_rows
-    routes, ctr_paths = set(), set()
+    routes, ctr_paths, texts = set(), set(), set()
     for request in parity_requests.to_pylist():
-        body = {key: request[key] for key in ("user_id", "task", "k", "history")}
-        if request["candidates"] is not None:
-            body["candidates"] = request["candidates"]
+        body = {name: request[name] for name in ("user_id", "task", "k", "history")}
+        for name in ("candidates", "item_id", "rating"):
+            if request[name] is not None:
+                body[name] = request[name]
         got = requests.post(f"{served}/v1/recommend", json=body, timeout=120)
         assert got.status_code == 200, got.text
         got = got.json()
-        want = expected[(request["user_id"], request["task"])]
+        want = expected[key(request)]
+        if request["task"] == "explain":  # the same greedy text, by the VLM alone
+            assert got["text"] == want["text"] and got["text"], (got, want["text"])
+            assert (got["path"], got["tools"], want["item_id"]) == ("vlm", [], request["item_id"])
+            texts.add(got["text"])
+            continue
         assert [x["item_id"] for x in got["items"]] == [x["item_id"] for x in want["ranked"]]
         np.testing.assert_allclose([x["score"] for x in got["items"]], [x["score"] for x in want["ranked"]],
                                    rtol=1e-4, atol=1e-5)
@@ -90,6 +109,7 @@ def test_served_answers_equal_the_nightly_job_across_routes(served, parity_reque
             ctr_paths.add(got["path"])
     assert routes == {"low", "medium", "high"}
     assert len(ctr_paths) > 1, ctr_paths  # the CTR tool alone and with the VLM's yes/no probability
+    assert len(texts) >= 1  # answered by the VLM: four (user, item) rows, the same user twice
 
 
 def test_the_in_process_recommender_answers_as_the_app_does(served, routed_bundle_uri, parity_requests, batch_rows):
@@ -99,7 +119,7 @@ def test_the_in_process_recommender_answers_as_the_app_does(served, routed_bundl
     recommender = Recommender(routed_bundle_uri, PLANNER_SCORE)
     by_route = {}
     for request in parity_requests.to_pylist():  # one request of each route the job saw
-        by_route.setdefault(batch_rows[(request["user_id"], request["task"])]["route"], request)
+        by_route.setdefault(batch_rows[key(request)]["route"], request)
     assert set(by_route) == {"low", "medium", "high"}
     for route, request in by_route.items():
         body = {key: value for key, value in request.items() if value is not None}
@@ -128,7 +148,10 @@ def test_history_comes_from_the_bundle_data_when_omitted(served, parity_requests
     ({"user_id": "u1", "k": 101}, 422, "k"),
     ({"user_id": "", "k": 5}, 422, "user_id"),
     ({"user_id": " padded", "k": 5}, 422, "user_id"),
-    ({"user_id": "u1", "task": "explain"}, 422, "task"),
+    ({"user_id": "u1", "task": "explain", "rating": 4}, 422, "item_id"),
+    ({"user_id": "u1", "task": "explain", "item_id": "no-such-item", "rating": 4}, 422, "item_id"),
+    ({"user_id": "u1", "task": "explain", "item_id": "i00001", "rating": 7}, 422, "rating"),
+    ({"user_id": "u1", "task": "shopping"}, 422, "task"),
     ({"user_id": "u1", "history": ["x"] * 201}, 422, "history"),
     ({"user_id": "u1", "task": "direct"}, 422, "candidates"),
     ({"user_id": "u1", "task": "direct", "candidates": ["no-such-item"]}, 422, "candidates"),

@@ -28,3 +28,18 @@ def test_ndcg_agrees_with_scikit_learn():
     relevance[np.arange(50), target] = 1
     ranks = target_rank(torch.from_numpy(scores), torch.from_numpy(target)).numpy()
     assert hit_and_ndcg(ranks, ks=(10,))["NDCG@10"] == pytest.approx(ndcg_score(relevance, scores, k=10))
+
+
+def test_bleu_and_rouge_hand_computed():
+    from reasonrec.metrics import text_quality
+
+    same = text_quality(["the cat sat on the mat"], ["the cat sat on the mat"])
+    assert same == {"BLEU-4": pytest.approx(100), "ROUGE-L": pytest.approx(100)}
+    # 1- to 4-gram precisions 4/5, 3/4, 2/3, 1/2, equal lengths (no brevity penalty): BLEU = (1/5) ** (1/4).
+    assert text_quality(["a b c d e"], ["a b c d f"])["BLEU-4"] == pytest.approx(100 * 0.2 ** 0.25)
+    # Longest common subsequence "the cat sat on mat": 5 of 6 tokens each way, F1 5/6.
+    assert text_quality(["the cat sat on a mat"], ["the cat sat on the mat"])["ROUGE-L"] == pytest.approx(500 / 6)
+    # A shorter guess: brevity penalty exp(1 - 6/4) on precisions 4/4, 3/3, 2/2, 1/1.
+    assert text_quality(["a b c d"], ["a b c d e f"])["BLEU-4"] == pytest.approx(100 * np.exp(1 - 6 / 4))
+    with pytest.raises(ValueError, match="references"):
+        text_quality(["a"], [])

@@ -53,3 +53,19 @@ def test_new_arrivals_are_late_and_lean_to_newcomers():
     assert newcomers["new"].mean() > 1.5 * loyal["new"].mean()
     # Without new arrivals every item is an established one.
     assert not synthetic.new_arrivals(synthetic.SyntheticConfig(new_share=0.0)).any()
+
+
+def test_reviews_depend_on_the_buyer_and_the_item():
+    """The explanation targets: a rating and a sentence that say as much about the user's taste as about the item,
+    so that neither the item's most common review nor a template over its attributes can copy them."""
+    interactions, items, _ = synthetic.generate(synthetic.SyntheticConfig(users=400, items=60))
+    rows = interactions.to_pandas()
+    assert rows["review"].notna().all() and rows["rating"].between(1, 5).all() and rows["rating"].nunique() == 5
+    title = dict(zip(items["item_id"].to_pylist(), items["title"].to_pylist()))
+    assert all(t.split()[-1] in r for t, r in zip(rows["item_id"].map(title), rows["review"]))  # its category
+    per_item = rows.groupby("item_id")["review"].agg(lambda r: r.value_counts(normalize=True).iloc[0])
+    assert per_item.mean() < 0.5  # one item, many users: no review dominates
+    opening = rows["review"].str.split(",").str[0]
+    assert (opening.groupby(rows["rating"]).nunique() == 2).all()  # the opening follows the stars
+    again, _, _ = synthetic.generate(synthetic.SyntheticConfig(users=400, items=60))
+    assert again.equals(interactions)

@@ -48,6 +48,11 @@ class RemoteBackend:
 
         return ray.get(self.handle.label_logprobs.remote(prompts))
 
+    def generate(self, prompts, max_new_tokens):
+        import ray
+
+        return ray.get(self.handle.generate.remote(prompts, max_new_tokens))
+
 
 @pytest.fixture(scope="module")
 def vllm_engine(ray_session, folder):
@@ -80,6 +85,18 @@ def test_vllm_and_transformers_give_the_same_label_logprobs(vllm_engine, rows, r
     for v, row in zip(verdicts, rows):
         assert abs(v.scores.sum() - 1) < 1e-5 and v.confidence == pytest.approx(v.scores.max())
         assert v.trace.startswith(row["context"]) and f"answer: {v.answer}; confidence: " in v.trace
+
+
+def test_vllm_and_transformers_write_the_same_explanation(vllm_engine, folder, synthetic_data):
+    """Greedy generation (explain requests): the same text from both backends for the same prompts."""
+    from reasonrec.vlm.backends.transformers_backend import TransformersDeliberator
+    from reasonrec.vlm.build import load
+    from reasonrec.vlm.examples import explain_examples
+
+    prompts = [Prompt.from_row(r) for r in explain_examples(synthetic_data, "test", ExamplesConfig(
+        item_tokens=True, images=True), 4).to_pylist()]
+    reference = TransformersDeliberator(*load(folder)).generate(prompts, 24)
+    assert vllm_engine.generate(prompts, 24) == reference and all(reference), reference
 
 
 def test_ray_data_llm_processor_matches_the_reference(ray_session, folder, rows, reference):

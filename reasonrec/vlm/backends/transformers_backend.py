@@ -32,3 +32,19 @@ class TransformersDeliberator:
             out.extend(logprobs[i, label_token_ids(self.processor.tokenizer, choices(p))].numpy()
                        for i, p in enumerate(chunk))
         return out
+
+    @torch.no_grad()
+    def generate(self, prompts: list, max_new_tokens: int) -> list[str]:
+        """Greedy text after each prompt's answer cue, up to the end of utterance or ``max_new_tokens``. One prompt
+        at a time: no padding, so a prompt gets the same text alone (Serve) as among others (the nightly job)."""
+        tokenizer = self.processor.tokenizer
+        out = []
+        for p in prompts:
+            images = [self.images(uri) for uri in p.images]
+            inputs = self.processor(text=[model_text(p.text, self.marker) + ANSWER_CUE],
+                                    images=[images] if images else None, return_tensors="pt").to(self.device)
+            tokens = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+            out.append(tokenizer.decode(tokens[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+        return out
+

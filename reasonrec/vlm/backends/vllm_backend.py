@@ -109,6 +109,20 @@ class VLLMDeliberator:
                 for out, sp in zip(outputs, params)]
 
 
+    def generate(self, prompts: list, max_new_tokens: int) -> list[str]:
+        """Greedy text after each prompt's answer cue (temperature 0), up to end of utterance or the limit."""
+        from vllm import SamplingParams
+
+        inputs = []
+        for p in prompts:
+            found = {"prompt": model_text(p.text, self.marker) + ANSWER_CUE}
+            if p.images:
+                found["multi_modal_data"] = {"image": [self.images(uri) for uri in p.images]}
+            inputs.append(found)
+        params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0, skip_special_tokens=True)
+        return [out.outputs[0].text.strip() for out in self.llm.generate(inputs, params, use_tqdm=False)]
+
+
 def build_ray_data_processor(folder: str | Path, config: VLLMConfig | None = None, batch_size: int = 16,
                              concurrency: int = 1, num_cpus: float = 1.0):
     """A ``ray.data.llm`` processor: rows with prompt/images/labels in, ``label_logprobs`` added.
