@@ -256,7 +256,7 @@ def fit_planner(data_uri: str, bundle_uri: str, config: FitPlannerConfig | None 
     scoring.check()
     if list(bundle.item_ids()) != list(data.item_vocab.ids):
         raise ValueError(f"bundle {bundle_uri} was trained on another item catalogue than {data_uri}")
-    tasks = config.tasks or scoring.answered
+    tasks = config.tasks or tuple(t for t in scoring.answered if t != "explain")  # no plan: the VLM alone
     unanswerable = [t for t in tasks if t not in scoring.answered]
     if unanswerable:
         raise ValueError(f"fit-planner: bundle {bundle_uri} cannot answer {unanswerable}: "

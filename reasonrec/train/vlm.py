@@ -90,8 +90,10 @@ def finetune_vlm(data_uri: str, bundle_uri: str, config: FinetuneConfig | None =
         with BundleWriter(bundle_uri) as writer:
             # The prompt builder's catalogue (titles, categories, images) travels with the model it was tuned for.
             writer.add_file("catalogue.parquet", storage.parquet_bytes(data.table("items")))
+            # Whether it learned to explain: from reviews (a share of explain examples over data that has them).
+            explains = bool(config.examples.task_shares.get("explain")) and data.explain_rows("train")[0].num_rows > 0
             writer.add_vlm(folder, {"base": base or "tiny", "lora_rank": lora_rank, "training": summary,
-                                    "examples": examples.num_rows, "metrics": metrics,
+                                    "examples": examples.num_rows, "explains": explains, "metrics": metrics,
                                     "config": dataclasses.asdict(config),
                                     "train_seconds": round(time.perf_counter() - start, 1)})
             manifest = writer.commit()

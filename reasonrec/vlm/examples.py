@@ -211,21 +211,19 @@ def build_examples(data: PreparedData, split: str, horizon: EvidenceHorizon, too
     """
     shares = dict(tasks or config.task_shares)
     reviews = data.explain_rows(split)[0].num_rows if shares.get("explain") else 0
-    # Real reviews replace the made-up explanations; the warm-up's short forms have none.
-    explain_share = shares.pop("explain", 0) if reviews else 0
-    explain_share = 0 if warmup else explain_share
+    # Real reviews replace the made-up explanations (of data without reviews); the warm-up's short forms have none.
+    explain_share = shares.pop("explain") if reviews else 0
     draws = [_build(data, split, horizon, tools, dataclasses.replace(config, seed=config.seed + k),
                     decision or config.decision, shares, every_candidate, keep, warmup)
              for k in range(config.repeats)] if sum(shares.values()) > 0 else []
     ranked = sum(d.num_rows for d in draws)
-    if explain_share:
-        total = sum(shares.values()) + explain_share
-        wanted = round(ranked * explain_share / (total - explain_share)) if ranked else reviews * config.repeats
-        draws.append(explain_examples(data, split, config, wanted, warmup))
+    if explain_share and not warmup:
+        wanted = round(ranked * explain_share / sum(shares.values())) if ranked else reviews * config.repeats
+        draws.append(explain_examples(data, split, config, wanted))
     return pa.concat_tables(draws) if draws else SCHEMA.empty_table()
 
 
-def explain_examples(data: PreparedData, split: str, config: ExamplesConfig, n: int, warmup: bool = False) -> pa.Table:
+def explain_examples(data: PreparedData, split: str, config: ExamplesConfig, n: int) -> pa.Table:
     """``n`` explanation examples from the split's reviews (``reasonrec.data.explain``; each review once before
     any repeats, in a seeded order): the prompt the VLM stage builds for an explain request, the review as the
     answer."""
@@ -233,8 +231,9 @@ def explain_examples(data: PreparedData, split: str, config: ExamplesConfig, n: 
     rng = np.random.default_rng([config.seed, 4])
     order = np.concatenate([rng.permutation(rows.num_rows) for _ in range(-(-n // max(rows.num_rows, 1)))])[:n]
     catalogue = Catalogue(data.table("items"), data.item_vocab, images=config.images, item_tokens=config.item_tokens)
-    forms = (warmup_template("explain"),) if warmup else templates_for("explain")
-    items = data.item_vocab.index(rows.column("item_id"))
+    forms = templates_for("explain")
+    item_ids = rows.column("item_id").to_numpy(zero_copy_only=False)
+    items = data.item_vocab.index(item_ids)
     users = rows.column("user_id").to_numpy(zero_copy_only=False)
     ratings = rows.column("rating").to_numpy()
     reviews = rows.column("review").to_numpy(zero_copy_only=False)
@@ -246,7 +245,7 @@ def explain_examples(data: PreparedData, split: str, config: ExamplesConfig, n: 
         for name, value in (("user_id", row["user_id"]), ("task", "explain"), ("template_id", row["template_id"]),
                             ("horizon", float("nan")), ("level", ""), ("decision", "answer"),
                             ("prompt", row["prompt"]), ("images", row["images"]), ("labels", []),
-                            ("candidates", [str(rows.column("item_id")[r])]), ("answer", str(reviews[r])),
+                            ("candidates", [item_ids[r]]), ("answer", reviews[r]),
                             ("context", row["context"]), ("tools", []), ("tool_outputs", []), ("usable", []),
                             ("noisy", []), ("teacher", [])):
             out[name].append(value)

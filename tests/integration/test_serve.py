@@ -4,6 +4,7 @@ import dataclasses
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import requests
 from conftest import PLANNER_SCORE, free_port
@@ -77,10 +78,11 @@ def test_health_bundle_and_openapi(served, routed_bundle_uri):
     assert "/v1/recommend" in schema["paths"] and "RecommendRequest" in schema["components"]["schemas"]
 
 
-def test_served_answers_equal_the_nightly_job_across_routes(served, parity_requests, batch_rows):
-    """Same bundle, same requests: the served ranking is the committed row's (100 users, every route; and ctr
-    requests, answered with click probabilities)."""
+def test_served_answers_equal_the_nightly_job_across_routes(served, parity_requests, batch_rows, routed_bundle_uri):
+    """Same bundle, same requests: the served ranking is the committed row's (100 users, every route; ctr requests,
+    answered with click probabilities; explain requests, with the text the bundle's VLM writes for them)."""
     expected = batch_rows
+    explanations = direct_explanations(routed_bundle_uri, parity_requests)
     routes, ctr_paths, texts = set(), set(), set()
     for request in parity_requests.to_pylist():
         body = {name: request[name] for name in ("user_id", "task", "k", "history")}
@@ -92,8 +94,9 @@ def test_served_answers_equal_the_nightly_job_across_routes(served, parity_reque
         got = got.json()
         want = expected[key(request)]
         if request["task"] == "explain":  # the same greedy text, by the VLM alone
-            assert got["text"] == want["text"] and got["text"], (got, want["text"])
+            assert got["text"] == want["text"] == explanations[(request["user_id"], request["item_id"])], got
             assert (got["path"], got["tools"], want["item_id"]) == ("vlm", [], request["item_id"])
+            assert f"explanation of {request['item_id']}" in got["trace"]
             texts.add(got["text"])
             continue
         assert [x["item_id"] for x in got["items"]] == [x["item_id"] for x in want["ranked"]]
@@ -109,7 +112,18 @@ def test_served_answers_equal_the_nightly_job_across_routes(served, parity_reque
             ctr_paths.add(got["path"])
     assert routes == {"low", "medium", "high"}
     assert len(ctr_paths) > 1, ctr_paths  # the CTR tool alone and with the VLM's yes/no probability
-    assert len(texts) >= 1  # answered by the VLM: four (user, item) rows, the same user twice
+    assert len(texts) >= 1  # four (user, item) rows, the same user twice
+
+
+def direct_explanations(bundle_uri, requests_table) -> dict:
+    """What the bundle's VLM writes for each explain request, asked directly (prompt builder + backend)."""
+    from reasonrec.batch.context import Scoring
+    from reasonrec.batch.vlm_stage import VLMStage
+
+    explain = requests_table.filter(pc.equal(requests_table["task"], "explain"))
+    stage = VLMStage(Scoring.load(bundle_uri, PLANNER_SCORE))
+    texts = stage.deliberate.explain(stage.prompts.explain_rows(explain), PLANNER_SCORE.explain_max_tokens)
+    return dict(zip(zip(explain["user_id"].to_pylist(), explain["item_id"].to_pylist()), texts))
 
 
 def test_the_in_process_recommender_answers_as_the_app_does(served, routed_bundle_uri, parity_requests, batch_rows):
