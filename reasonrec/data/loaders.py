@@ -3,7 +3,8 @@
 - ``amazon-seq``: one line per user, ``user item item ...`` in time order (S3-Rec/P5 5-core files); a folder may
   add ``item_titles.tsv`` (``item_id asin title``) and ``item2attributes.json`` (anonymous attribute ids).
   These files carry no timestamps: ``ts`` is the position in the user's sequence, which keeps the order.
-- ``recbole``: RecBole atomic files ``<name>.inter`` (+ optional ``<name>.item``) with typed headers.
+- ``recbole``: RecBole atomic files ``<name>.inter`` (+ optional ``<name>.item``) with typed headers; a ``review``
+  (or ``review_text``, ``text``) field of ``.inter`` is the review text.
 - ``parquet``: ``interactions.parquet`` (or a folder of shards ``interactions/``) and optional ``items.parquet``.
 """
 from __future__ import annotations
@@ -165,6 +166,9 @@ def load_recbole(source: str) -> RawDataset:
         "item_id": raw.column("item_id"),
         "ts": pc.cast(ts, pa.int64()),
         "rating": raw.column("rating") if "rating" in raw.column_names else pa.nulls(raw.num_rows, pa.float32()),
+        # Review text (the explain task's targets), under RecBole's usual names for it.
+        "review": next((raw.column(c) for c in ("review", "review_text", "text") if c in raw.column_names),
+                       pa.nulls(raw.num_rows, pa.string())),
     })
     interactions = schemas.conform(table, schemas.INTERACTIONS, str(inter_file))
     item_file = inter_file.with_suffix(".item")

@@ -46,6 +46,11 @@ def test_recbole_small_and_errors(tmp_path):
     assert raw.interactions.column("ts").to_pylist() == [100, 50]
     assert raw.interactions.column("rating").type == pa.float32()
     assert raw.items.to_pylist()[0]["categories"] == ["Action", "Crime"]
+    assert raw.interactions.column("review").null_count == 2
+    reviewed = tmp_path / "reviewed"
+    reviewed.mkdir()
+    write(reviewed / "r.inter", "user_id:token\titem_id:token\trating:float\treview:token_seq\nu1\ti1\t4\tgreat fit\n")
+    assert loaders.load(str(reviewed), "recbole").interactions.column("review").to_pylist() == ["great fit"]
 
     bad = tmp_path / "bad"
     bad.mkdir()
