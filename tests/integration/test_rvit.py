@@ -104,7 +104,8 @@ def test_eval_examples_without_tools_answer_alone(synthetic_data, horizon):
 def test_warmup_form_keeps_only_the_evidence_and_repeats_draw_anew(synthetic_data, horizon, tools):
     config = ExamplesConfig(max_history=2, repeats=2, decision="answer", seed=3)
     table = build_examples(synthetic_data, "train", horizon, tools, config, warmup=True)
-    single = build_examples(synthetic_data, "train", horizon, tools, dataclasses.replace(config, repeats=1))
+    single = build_examples(synthetic_data, "train", horizon, tools, dataclasses.replace(config, repeats=1),
+                            warmup=True)
     assert table.num_rows == 2 * single.num_rows
     rows = table.to_pylist()
     for r in rows:
