@@ -198,13 +198,15 @@ def explanation_baselines(data, asked) -> dict[str, list[str]]:
     fallback = train["review"].mode().iloc[0] if len(train) else ""
     items = asked.column("item_id").to_pylist()
     common = pd.Series(top["review"].to_numpy(), index=top["item_id"]).reindex(items).fillna(fallback).tolist()
-    catalogue = data.table("items").to_pandas().set_index("item_id")
-    template = []
-    for item, rating in zip(items, asked.column("rating").to_pylist()):  # text: per row
-        row = catalogue.loc[item]
-        category = (list(row["categories"]) if row["categories"] is not None else []) or ["product"]
-        template.append(f"{round(rating)} stars for the {row['title'] or 'item ' + item}, a {category[0]}"
-                        + (f" by {row['brand']}." if row["brand"] else "."))
+    import pyarrow.compute as pc
+
+    catalogue = data.table("items")
+    row = pc.index_in(asked.column("item_id"), catalogue.column("item_id"))
+    title, brand = (catalogue.column(c).take(row).to_pylist() for c in ("title", "brand"))
+    firsts = [c[0] if c else "product" for c in catalogue.column("categories").take(row).to_pylist()]
+    stars = np.round(asked.column("rating").to_numpy(zero_copy_only=False)).astype(int)
+    template = [f"{s} stars for the {t or 'item ' + i}, a {c}" + (f" by {b}." if b else ".")
+                for s, t, i, c, b in zip(stars, title, items, firsts, brand)]
     return {"item_review": common, "attribute_template": template}
 
 
