@@ -5,6 +5,10 @@
 Scoring = the tool's ``score`` (encoder + one matmul against the catalogue) + history masking + top-10, for every
 test user. The bare matmul multiplies random (batch, dim) user vectors by the (n_items + 1, dim) item table: the
 floor any embedding model pays. The ratio says how much the model adds on top of it.
+
+For the sequential tools it also checks the scoring shortcuts (users chunked by history length, the last position
+only) against the plain computation (every user padded to max_len, every position encoded) on the first
+``--check-users`` users: the share of equal top-10 lists and the largest score difference.
 """
 from __future__ import annotations
 
@@ -28,6 +32,23 @@ def time_tool(tool, history, batch_size: int) -> float:
     return time.perf_counter() - start
 
 
+def full_grid_scores(tool, history) -> torch.Tensor:
+    """Scores the plain way: one grid of width max_len, every position encoded, the last one read."""
+    grid = torch.zeros(len(history), tool.config.max_len, dtype=torch.int64)
+    tails = torch.from_numpy(history.padded(np.arange(len(history)), tool.config.max_len))
+    grid[:, grid.shape[1] - tails.shape[1]:] = tails
+    return tool.encode(grid)[:, -1] @ tool.item_table().T
+
+
+def shortcut_check(tool, history) -> str:
+    with torch.no_grad():
+        fast, full = tool.score(history), full_grid_scores(tool, history)
+        largest = float((fast - full).abs().max())
+        same = (exclude_seen(fast, history).topk(10, dim=1).indices ==
+                exclude_seen(full, history).topk(10, dim=1).indices).all(dim=1).float().mean()
+    return f"top-10 equal {float(same):.4f}, max |score diff| {largest:.1e}"
+
+
 def time_matmul(n_users: int, n_items: int, dim: int, batch_size: int) -> float:
     items = torch.randn(n_items + 1, dim)
     users = torch.randn(batch_size, dim)
@@ -43,6 +64,7 @@ def main() -> None:
     parser.add_argument("--bundle", default="/tmp/rr/beauty-bundle")
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--check-users", type=int, default=2048)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data, bundle = PreparedData(args.data), Bundle(args.bundle)
@@ -50,13 +72,15 @@ def main() -> None:
     n = len(history)
     print(f"{data.meta['dataset']}: {n} users x {data.n_items} items, batch {args.batch_size}, "
           f"{args.threads} threads")
-    print(f"{'tool':>10s} {'users/s':>10s} {'matmul users/s':>15s} {'ratio':>6s}")
+    print(f"{'tool':>10s} {'users/s':>10s} {'matmul users/s':>15s} {'ratio':>6s}  shortcuts vs full grid")
     for name in bundle.tool_names:
         tool = bundle.load_tool(name)
         time_tool(tool, history.select(np.arange(min(n, args.batch_size))), args.batch_size)  # warm-up
         seconds = time_tool(tool, history, args.batch_size)
         bare = time_matmul(n, data.n_items, tool.config.dim, args.batch_size)
-        print(f"{name:>10s} {n / seconds:10.0f} {n / bare:15.0f} {seconds / bare:6.2f}x")
+        check = shortcut_check(tool, history.select(np.arange(min(n, args.check_users)))) \
+            if hasattr(tool, "encode_last") else "-"
+        print(f"{name:>10s} {n / seconds:10.0f} {n / bare:15.0f} {seconds / bare:6.2f}x  {check}")
 
 
 if __name__ == "__main__":

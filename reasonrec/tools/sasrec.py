@@ -27,12 +27,15 @@ class Block(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """``last_only``: the output at the last position alone, (B, 1, dim); its query still reads every key."""
         b, length, dim = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        if last_only:
+            q, allowed, x = q[:, :, -1:], allowed[:, :, -1:], x[:, -1:]
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed,
                                               dropout_p=self.dropout if self.training else 0.0)
-        x = x + self.drop(self.proj(attn.transpose(1, 2).reshape(b, length, dim)))
+        x = x + self.drop(self.proj(attn.transpose(1, 2).reshape(b, -1, dim)))
         return x + self.drop(self.ffn(self.norm2(x)))
 
 
@@ -51,7 +54,7 @@ class SASRec(SequentialTool):
         nn.init.normal_(self.item_emb.weight, std=0.02)
         nn.init.normal_(self.pos_emb.weight, std=0.02)
 
-    def encode(self, seq: torch.Tensor) -> torch.Tensor:
+    def encode(self, seq: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         b, length = seq.shape
         # Positions count back from the most recent item, so left padding does not shift them.
         from_end = torch.arange(length - 1, -1, -1).clamp(max=self.config.max_len - 1)
@@ -61,6 +64,10 @@ class SASRec(SequentialTool):
         # Padding positions may attend to themselves only, so no softmax row is empty.
         allowed = (causal & real[:, None, :]) | torch.eye(length, dtype=torch.bool)
         allowed = allowed[:, None]
-        for block in self.blocks:
-            x = block(x, allowed)
+        for i, block in enumerate(self.blocks):
+            x = block(x, allowed, last_only=last_only and i == len(self.blocks) - 1)
         return self.norm(x)
+
+    def encode_last(self, seq: torch.Tensor) -> torch.Tensor:
+        # Scoring reads the last position only: the final block computes nothing else.
+        return self.encode(seq, last_only=True)[:, -1]

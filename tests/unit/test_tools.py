@@ -76,6 +76,22 @@ def test_a_users_scores_do_not_depend_on_who_else_is_in_the_batch(trained, synth
             assert torch.allclose(alone[0], together[i], atol=1e-4), (name, row)
 
 
+@pytest.mark.parametrize("name", [n for n, task in TASK_OF.items() if task == "sequential"])
+def test_scoring_shortcuts_give_the_full_grid_scores(trained, synthetic_data, name):
+    """Scoring sorts users into length chunks and reads only the last position (issue 23): the scores must be those
+    of every user padded to max_len and encoded at every position, and the top 10 the same."""
+    tool, history = trained[name], synthetic_data.eval_set("test").history
+    with torch.no_grad():
+        grid = torch.from_numpy(history.padded(np.arange(len(history)), tool.config.max_len))
+        grid = torch.cat([torch.zeros(len(history), tool.config.max_len - grid.shape[1], dtype=grid.dtype), grid], 1)
+        full = tool.encode(grid)[:, -1] @ tool.item_table().T
+        fast = tool.score(history)
+    assert fast.shape == full.shape
+    assert torch.allclose(fast, full, atol=1e-5), (fast - full).abs().max()
+    top_fast, top_full = (exclude_seen(s, history).topk(10, dim=1).indices for s in (fast, full))
+    assert (top_fast == top_full).float().mean() > 0.999
+
+
 def test_unknown_user_gets_a_finite_score(trained, synthetic_data):
     history = synthetic_data.eval_set("test").history.select(np.arange(2))
     history.user_ids = np.array(["never-seen", "also-new"], dtype=object)
