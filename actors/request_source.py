@@ -18,7 +18,7 @@ class RequestShards(Datasource):
     def __init__(self, shards: list[tuple[str, int]], skip: dict | None = None, duplicates: dict | None = None):
         """``shards``: (uri, rows in its footer: lets Ray Data size blocks before reading); ``skip``: per shard,
         rows a resumed run already answered; ``duplicates``: per shard, rows that repeat an earlier (user_id, task)
-        (``shards.duplicate_rows``)."""
+        (``reasonrec.batch.duplicates``)."""
         super().__init__()
         self.shards = shards
         self.skip = skip or {}

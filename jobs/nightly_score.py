@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 
 from jobs import cli
@@ -62,11 +63,20 @@ def run(job: NightlyJob) -> dict:
     """Plan the run at the driver, stream it through the actor pools, commit it; returns its manifest."""
     from reasonrec.batch import job as nightly
 
-    plan = nightly.plan(job.requests, job.bundle, job.output, job.score, job.run_date, job.force)
+    plan = nightly.plan(job.requests, job.bundle, job.output, job.score, job.run_date, job.force,
+                        find_duplicates=functools.partial(duplicates_on_ray, num_cpus=job.score.io_cpus))
     if plan.manifest is not None:  # already committed, or an interrupted run that had written everything
         return plan.manifest
     sink = on_ray_data(plan, plan.header["bundle"], job.score)
     return plan.finish(sink.parts)
+
+
+def duplicates_on_ray(*args, **kwargs) -> dict:
+    """The duplicate scan as Ray tasks; Ray starts here, so a date already committed never starts it."""
+    from actors import duplicates
+
+    cli.ray_init()
+    return duplicates.find(*args, **kwargs)
 
 
 def on_ray_data(plan, bundle_uri: str, config: ScoreConfig):

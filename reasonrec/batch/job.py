@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from reasonrec import storage
-from reasonrec.batch import commit, shards
+from reasonrec.batch import commit, duplicates, shards
 from reasonrec.batch.config import ScoreConfig
 from reasonrec.batch.context import Scoring
 from reasonrec.batch.local import LocalPipeline
@@ -50,8 +50,9 @@ class Plan:
 
 
 def plan(requests: str, bundle: str, output: str, config: ScoreConfig, run_date: str | None = None,
-         force: bool = False) -> Plan:
-    """What the driver decides before a row is read; ``Plan.manifest`` is set when nothing is left to score."""
+         force: bool = False, find_duplicates=duplicates.find) -> Plan:
+    """What the driver decides before a row is read; ``Plan.manifest`` is set when nothing is left to score.
+    ``find_duplicates``: the duplicate scan's runner (``duplicates.find`` in this process, or on Ray tasks)."""
     requests, bundle, output = storage.absolute(requests), storage.absolute(bundle), storage.absolute(output)
     scoring = Scoring.load(bundle, config)
     scoring.check()
@@ -83,7 +84,7 @@ def plan(requests: str, bundle: str, output: str, config: ScoreConfig, run_date:
         found.finish([])
         return found
     # Over every shard: the first copy of a request may sit in a shard the resumed run already answered.
-    found.duplicates = shards.duplicate_rows(listed, scoring.answered, config.max_k)
+    found.duplicates = find_duplicates(listed, scoring.answered, config.max_k)
     return found
 
 

@@ -83,53 +83,6 @@ def _footer_rows(data: bytes) -> int | None:
         return None
 
 
-def duplicate_rows(shards: list[str], answered_tasks: tuple[str, ...], max_k: int) -> dict[str, dict[int, str]]:
-    """Per shard, each row whose (user_id, task) (explain: and item_id) an earlier row (in shard then row order)
-    already asks for, mapped to that first row (``shard#row``). Only rows that pass the checks on user_id, task and
-    k count, so that a malformed first copy does not shadow a good one (it is quarantined for its own fault).
-    Shards that cannot be read or lack the columns are left to ``read_shard``."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def keys(uri: str) -> pa.Table | None:
-        data = storage.read_bytes(uri)
-        try:
-            names = pq.ParquetFile(pa.BufferReader(data)).schema_arrow.names
-            table = pq.read_table(pa.BufferReader(data), columns=["user_id", "task", "k"] + (
-                ["item_id"] if "item_id" in names else []))
-            user, task, k = (pc.cast(table.column(c), t) for c, t in
-                             (("user_id", pa.string()), ("task", pa.string()), ("k", pa.int64())))
-            # An explain request is one per (user, item): the item is part of its key.
-            item = (pc.if_else(pc.equal(task, "explain"), pc.cast(table.column("item_id"), pa.string()), "")
-                    if "item_id" in names else pa.array(np.full(table.num_rows, ""), pa.string()))
-        except (OSError, pa.ArrowException, KeyError):
-            return None
-        ok = pc.and_(pc.and_(pc.equal(pc.utf8_trim_whitespace(user), user), pc.greater(pc.utf8_length(user), 0)),
-                     pc.and_(pc.is_in(task, pa.array(answered_tasks)),
-                             pc.and_(pc.greater_equal(k, 1), pc.less_equal(k, max_k))))
-        rows = pa.table({"user_id": user, "task": task, "item": pc.fill_null(item, ""),
-                         "shard": pa.array(np.full(table.num_rows, uri), pa.string()),
-                         "row": pa.array(np.arange(table.num_rows), pa.int64())})
-        return rows.filter(pc.fill_null(ok, False))
-
-    with ThreadPoolExecutor(16) as pool:
-        tables = [t for t in pool.map(keys, shards) if t is not None]
-    if not tables:
-        return {}
-    frame = pa.concat_tables(tables).to_pandas()
-    key = ["user_id", "task", "item"]
-    repeated = frame.duplicated(key, keep="first")
-    if not repeated.any():
-        return {}
-    first = frame[~repeated].set_index(key)
-    later = frame[repeated]
-    origin = first.loc[list(zip(later["user_id"], later["task"], later["item"]))]
-    source = (origin["shard"] + "#" + origin["row"].astype(str)).to_numpy()
-    out: dict[str, dict[int, str]] = {}
-    for shard, row, src in zip(later["shard"], later["row"], source):
-        out.setdefault(shard, {})[int(row)] = src
-    return out
-
-
 def _reject_duplicates(table: pa.Table, duplicate_of: dict[int, str]) -> pa.Table:
     import pandas as pd
 

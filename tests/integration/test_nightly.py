@@ -269,6 +269,22 @@ def test_nightly_job_on_s3_commits_quarantines_and_agrees_with_evaluate(ray_sess
     assert again.num_rows == n_good and keys.duplicated().sum() == 0
 
 
+def test_the_duplicate_scan_on_ray_tasks_finds_what_the_driver_finds(ray_session, synthetic_data, tmp_path,
+                                                                     monkeypatch):
+    """Several buckets (map tasks split keys by hash, one reduce task per bucket): the driver holds only repeats."""
+    from actors import duplicates as on_ray
+    from reasonrec.batch import duplicates
+
+    table = requests_for_split(synthetic_data, "test", "sequential", k=10)
+    repeated = pa.concat_tables([table, table.slice(0, 40), table.slice(100, 30)])  # repeats in later shards
+    uris = write_requests(repeated, str(tmp_path / "requests"), shard_rows=90)
+    monkeypatch.setattr(on_ray, "SHARDS_PER_BUCKET", 2)
+    monkeypatch.setattr(on_ray, "SHARDS_PER_TASK", 3)
+    found = on_ray.find(uris, ("sequential",), 100)
+    assert found == duplicates.find(uris, ("sequential",), 100)
+    assert sum(map(len, found.values())) == 70 and -(-len(uris) // 2) > 1
+
+
 def test_score_refuses_a_bundle_without_the_configured_tool(bundle_uri, tmp_path, capsys):
     config = tmp_path / "score.yaml"
     config.write_text("primary: {sequential: gru4rec}\n")
