@@ -15,6 +15,7 @@ import pyarrow as pa
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse, Response
 from ray import serve
+from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
 
 from reasonrec.batch.config import ScoreConfig
@@ -130,7 +131,9 @@ def build(config: ServeConfig, bundle_uri: str):
         max_ongoing_requests=2 * config.vlm_batch_size).bind(
         bundle_uri, score, config.vlm_batch_size, config.vlm_batch_wait_s)
     return Ingress.options(ray_actor_options=cpu, autoscaling_config=config.ingress_replicas,
-                           max_ongoing_requests=config.ingress_max_ongoing).bind(
+                           max_ongoing_requests=config.ingress_max_ongoing,
+                           max_queued_requests=config.ingress_max_queued,
+                           backpressure_config=BackpressureConfig(retry_after_s=config.retry_after_s)).bind(
         tools, deliberator, bundle_uri, score, config.high_throughput)
 
 

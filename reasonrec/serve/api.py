@@ -68,6 +68,10 @@ class ServeConfig:
     vlm_replicas: dict = dataclasses.field(default_factory=lambda: {
         "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 8})
     ingress_max_ongoing: int = 64  # requests one ingress replica holds at once (Serve's default is 5)
+    # Load shedding: beyond this many requests waiting for an ingress replica's free slot, a request gets an
+    # immediate 503 with Retry-After instead of an unbounded wait (-1: queue without bound, Serve's default).
+    ingress_max_queued: int = 128
+    retry_after_s: float = 1.0
     cpus_per_replica: float = 0.25
     torch_threads: int = 1  # per replica: replicas share the node's cores, one thread each avoids oversubscription
     # Ray Serve's high-throughput mode: HAProxy holds the HTTP port and forwards straight to the ingress replicas (no

@@ -1,6 +1,7 @@
 """The Ray Serve app over HTTP on 127.0.0.1: answers, parity with the nightly job, bounded and validated input."""
 import asyncio
 import dataclasses
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -276,3 +277,36 @@ def test_the_ingress_handles_call_over_grpc(served):
             await handle.shutdown_async()
 
     assert asyncio.run(options())._by_reference is False
+
+
+def test_overload_is_shed_with_a_fast_503_and_retry_after(served, parity_requests, routed_bundle_uri):
+    """Last in this module: it redeploys the app with room for 2 requests at once and 2 waiting. A burst of 24 at
+    once gets answers or immediate 503s with Retry-After (no unbounded queue), and the app answers once it passes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray import serve
+
+    from actors.serve import build
+    from reasonrec.serve.api import ServeConfig
+
+    tight = ServeConfig(score=PLANNER_SCORE, ingress_replicas={"min_replicas": 1, "max_replicas": 1},
+                        ingress_max_ongoing=2, ingress_max_queued=2, retry_after_s=2.0)
+    serve.run(build(tight, routed_bundle_uri), name="reasonrec", route_prefix="/")
+    rows = [r for r in parity_requests.to_pylist() if r["task"] in ("sequential", "direct")][:24]
+    bodies = [{name: r[name] for name in ("user_id", "task", "k", "history", "candidates") if r[name] is not None}
+              for r in rows]
+
+    def post(body):
+        start = time.perf_counter()
+        reply = requests.post(f"{served}/v1/recommend", json=body, timeout=120)
+        return reply.status_code, reply.headers.get("Retry-After"), time.perf_counter() - start
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        replies = list(pool.map(post, bodies))
+    shed = [r for r in replies if r[0] == 503]
+    assert {status for status, _, _ in replies} <= {200, 503}, replies
+    assert shed and len(shed) < len(replies), replies
+    assert all(retry == "2" for _, retry, _ in shed), shed
+    slowest_answer = max(seconds for status, _, seconds in replies if status == 200)
+    assert max(seconds for _, _, seconds in shed) < slowest_answer, replies  # shed at once, not after a wait
+    assert all(post(body)[0] == 200 for body in bodies[:4])  # the burst is over: answered again
