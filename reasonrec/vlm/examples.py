@@ -189,7 +189,8 @@ def listed_shortlists(tools, history, target, pool, config) -> tuple[dict, dict]
         picked = np.where(rows_pool > 0, picked, -np.inf)  # padding of a short candidate list
         top = np.argsort(-picked, axis=1, kind="stable")[:, :n]
         short["direct"].append(np.take_along_axis(rows_pool, top, axis=1))
-        short["sequential"].append(np.argsort(-exclude_seen(vote, rows).numpy(), axis=1, kind="stable")[:, :n])
+        # A copy: the slice of a view would keep every chunk's whole (users x catalogue) ordering alive.
+        short["sequential"].append(np.argsort(-exclude_seen(vote, rows).numpy(), axis=1, kind="stable")[:, :n].copy())
     order = np.stack([listing_order(str(u), n) for u in history.user_ids])
     listed, found = {}, {}
     for task, parts in short.items():
