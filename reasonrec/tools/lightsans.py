@@ -42,6 +42,15 @@ def prefix_pool(x: torch.Tensor, logits: torch.Tensor, real: torch.Tensor) -> to
     return num / den.clamp(min=1e-30)
 
 
+def whole_pool(x: torch.Tensor, logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """``prefix_pool`` at the last position only, (B, H, 1, k, d): one sum over the sequence instead of a running
+    one (the last position's prefix is the whole sequence)."""
+    logits = logits.clamp(-LOGIT_BOUND, LOGIT_BOUND).masked_fill(~real[:, None, :, None], float("-inf"))
+    weights = torch.exp(logits - logits.amax(dim=2, keepdim=True).nan_to_num(neginf=0.0))  # (B, H, L, k)
+    num = torch.einsum("bhlk,bhld->bhkd", weights, x)
+    return (num / weights.sum(dim=2)[..., None].clamp(min=1e-30))[:, :, None]
+
+
 class LowRankBlock(nn.Module):
     def __init__(self, dim: int, heads: int, interests: int, max_len: int, dropout: float):
         super().__init__()
@@ -59,19 +68,24 @@ class LowRankBlock(nn.Module):
         b, length, _ = x.shape
         return x.view(b, length, self.heads, self.head_dim).transpose(1, 2)  # (B, H, L, d)
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor, real: torch.Tensor, causal: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, real: torch.Tensor, causal: torch.Tensor,
+                last_only: bool = False) -> torch.Tensor:
+        """``last_only``: the output at the last position alone, (B, 1, dim), pooled over the whole sequence."""
         b, length, dim = x.shape
         q, k, v = (self.heads_of(t) for t in self.qkv(self.norm1(x)).chunk(3, dim=-1))
-        keys = prefix_pool(k, self.theta_k(k), real)  # (B, H, L, k, d)
-        values = prefix_pool(v, self.theta_v(v), real)
+        pool = whole_pool if last_only else prefix_pool
+        keys = pool(k, self.theta_k(k), real)  # (B, H, L or 1, k, d)
+        values = pool(v, self.theta_v(v), real)
+        pq, pk = (self.heads_of(t) for t in self.pos_qk(pos).chunk(2, dim=-1))
+        allowed = causal & real[:, None, None, :] | torch.eye(length, dtype=torch.bool)
+        if last_only:
+            q, pq, allowed, x = q[:, :, -1:], pq[:, :, -1:], allowed[:, :, -1:], x[:, -1:]
         scores = torch.einsum("bhld,bhlkd->bhlk", q, keys) / self.head_dim ** 0.5
         items = torch.einsum("bhlk,bhlkd->bhld", self.drop(scores.softmax(dim=-1)), values)
         # Position-to-position attention, decoupled from the items: which earlier positions matter, by position.
-        pq, pk = (self.heads_of(t) for t in self.pos_qk(pos).chunk(2, dim=-1))
         by_position = (pq @ pk.transpose(-1, -2)) / self.head_dim ** 0.5
-        allowed = causal & real[:, None, None, :] | torch.eye(length, dtype=torch.bool)
         positions = self.drop(by_position.masked_fill(~allowed, float("-inf")).softmax(dim=-1)) @ v
-        x = x + self.drop(self.proj((items + positions).transpose(1, 2).reshape(b, length, dim)))
+        x = x + self.drop(self.proj((items + positions).transpose(1, 2).reshape(b, -1, dim)))
         return x + self.drop(self.ffn(self.norm2(x)))
 
 
@@ -91,7 +105,7 @@ class LightSANs(SequentialTool):
         nn.init.normal_(self.item_emb.weight, std=0.02)
         nn.init.normal_(self.pos_emb.weight, std=0.02)
 
-    def encode(self, seq: torch.Tensor) -> torch.Tensor:
+    def encode(self, seq: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         b, length = seq.shape
         # Positions count back from the most recent item, so left padding does not shift them.
         from_end = torch.arange(length - 1, -1, -1).clamp(max=self.config.max_len - 1)
@@ -99,6 +113,13 @@ class LightSANs(SequentialTool):
         x = self.drop(self.item_emb(seq) * self.config.dim ** 0.5)
         real = seq > 0
         causal = torch.ones(length, length, dtype=torch.bool).tril()
-        for block in self.blocks:
-            x = block(x, pos, real, causal) * real[..., None]  # padding stays zero: no batch can reach a row
+        for i, block in enumerate(self.blocks):
+            if last_only and i == len(self.blocks) - 1:
+                x = block(x, pos, real, causal, last_only=True) * real[:, -1:, None]
+            else:
+                x = block(x, pos, real, causal) * real[..., None]  # padding stays zero: no batch can reach a row
         return self.norm(x)
+
+    def encode_last(self, seq: torch.Tensor) -> torch.Tensor:
+        # Scoring reads the last position only: the final block pools the whole sequence once for it.
+        return self.encode(seq, last_only=True)[:, -1]
