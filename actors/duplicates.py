@@ -26,7 +26,10 @@ def _reduce(*parts: pa.Table) -> pa.Table:
 
 def find(shards: list[str], answered_tasks: tuple[str, ...], max_k: int,
          num_cpus: float = 0.25) -> dict[str, dict[int, str]]:
-    """Per shard, each repeated row mapped to its first copy (``shard#row``), found by Ray tasks."""
+    """Per shard, each repeated row mapped to its first copy (``shard#row``), found by Ray tasks; a night small
+    enough for one map task is scanned in this process (bounded work, and no task start-up to pay)."""
+    if len(shards) <= SHARDS_PER_TASK:
+        return duplicates.find(shards, answered_tasks, max_k)
     buckets = max(1, -(-len(shards) // SHARDS_PER_BUCKET))
     mapper = ray.remote(_map).options(num_returns=buckets, num_cpus=num_cpus)
     maps = [mapper.remote(shards[lo:lo + SHARDS_PER_TASK], lo, answered_tasks, max_k, buckets)
