@@ -54,7 +54,7 @@ def shard_keys(uri: str, order: int, answered_tasks: tuple[str, ...], max_k: int
     if buckets == 1:
         return [keys]
     joined = pc.binary_join_element_wise(*(keys.column(c) for c in KEY), "\x1f").to_numpy(zero_copy_only=False)
-    bucket = (pd.util.hash_array(joined.astype(object)) % np.uint64(buckets)).astype(np.int64)
+    bucket = (pd.util.hash_array(joined) % np.uint64(buckets)).astype(np.int64)
     order_ = np.argsort(bucket, kind="stable")
     bounds = np.searchsorted(bucket[order_], np.arange(buckets + 1))
     keys = keys.take(order_)

@@ -28,15 +28,19 @@ class LightSANsConfig(SequentialConfig):
 LOGIT_BOUND = 30.0  # aggregation scores are clipped to +-30: exp of their differences stays a normal float32
 
 
+def pool_weights(logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """exp(a_s - max a) of the aggregation scores ``logits`` (B, H, L, k), padding 0: the maximum over the sequence
+    is a common factor of any prefix softmax's numerator and denominator."""
+    logits = logits.clamp(-LOGIT_BOUND, LOGIT_BOUND).masked_fill(~real[:, None, :, None], float("-inf"))
+    return torch.exp(logits - logits.amax(dim=2, keepdim=True).nan_to_num(neginf=0.0))
+
+
 def prefix_pool(x: torch.Tensor, logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """For every position t: each interest's softmax-weighted mean of ``x`` over positions s <= t.
 
     ``x`` (B, H, L, d), ``logits`` (B, H, L, k) the aggregation scores, ``real`` (B, L) real items (padding weighs
-    nothing); returns (B, H, L, k, d). The softmax of every prefix at once: cumulative sums of exp(a_s - max a),
-    the maximum over the sequence being a common factor of numerator and denominator."""
-    logits = logits.clamp(-LOGIT_BOUND, LOGIT_BOUND).masked_fill(~real[:, None, :, None], float("-inf"))
-    top = logits.amax(dim=2, keepdim=True).nan_to_num(neginf=0.0)
-    weights = torch.exp(logits - top)  # (B, H, L, k); padding -> 0
+    nothing); returns (B, H, L, k, d): the softmax of every prefix at once, by cumulative sums."""
+    weights = pool_weights(logits, real)
     num = torch.cumsum(weights[..., None] * x[:, :, :, None, :], dim=2)  # (B, H, L, k, d)
     den = torch.cumsum(weights, dim=2)[..., None]
     return num / den.clamp(min=1e-30)
@@ -45,8 +49,7 @@ def prefix_pool(x: torch.Tensor, logits: torch.Tensor, real: torch.Tensor) -> to
 def whole_pool(x: torch.Tensor, logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """``prefix_pool`` at the last position only, (B, H, 1, k, d): one sum over the sequence instead of a running
     one (the last position's prefix is the whole sequence)."""
-    logits = logits.clamp(-LOGIT_BOUND, LOGIT_BOUND).masked_fill(~real[:, None, :, None], float("-inf"))
-    weights = torch.exp(logits - logits.amax(dim=2, keepdim=True).nan_to_num(neginf=0.0))  # (B, H, L, k)
+    weights = pool_weights(logits, real)
     num = torch.einsum("bhlk,bhld->bhkd", weights, x)
     return (num / weights.sum(dim=2)[..., None].clamp(min=1e-30))[:, :, None]
 
