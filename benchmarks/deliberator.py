@@ -24,6 +24,9 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=20)
     parser.add_argument("--batch-sizes", default="1,4,16,32")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--stage-rows", type=int, default=0,
+                        help="also time the job's VLM stage on this many sequential rows against its backend alone")
+    parser.add_argument("--stage-batch", type=int, default=64, help="rows per stage call (ScoreConfig.vlm_batch_size)")
     args = parser.parse_args()
 
     import torch
@@ -71,6 +74,46 @@ def main() -> None:
               f"vllm {row['vllm'][0]:8.1f} cand/s   ratio vllm/transformers "
               f"{row['vllm'][0] / row['transformers'][0]:.2f}x"
               f"   max |logprob diff| {diff:.1e}")
+    if args.stage_rows:
+        del reference, vllm
+        stage_vs_backend(data, bundle, args.stage_rows, args.stage_batch)
+
+
+def stage_vs_backend(data, bundle, rows: int, batch_size: int) -> None:
+    """The nightly job's VLM stage (prompts built from request rows, images checked, the backend called, scores back
+    in shortlist order) against the same backend on the stage's own prompts, same rows, same batches."""
+    from reasonrec.batch.config import ScoreConfig
+    from reasonrec.batch.context import Scoring
+    from reasonrec.batch.horizon_stage import HorizonStage
+    from reasonrec.batch.requests import requests_for_split
+    from reasonrec.batch.shards import conform
+    from reasonrec.batch.tool_stage import ToolStage
+    from reasonrec.batch.vlm_stage import VLMStage
+    from reasonrec.vlm.deliberator import DeliberatorConfig
+
+    config = ScoreConfig(mode="vlm+tools-always", deliberator=DeliberatorConfig(backend="vllm"))
+    scoring = Scoring(bundle, config)
+    requests = requests_for_split(data, "test", "sequential", k=10).slice(0, rows)
+    signals = ToolStage(scoring)(HorizonStage(scoring)(conform(requests, "bench")))
+    stage = VLMStage(scoring)
+    blocks = [signals.slice(lo, batch_size) for lo in range(0, signals.num_rows, batch_size)]
+    prompts = [stage.prompts.rows(block, config.shortlist)[0] for block in blocks]
+    stage(blocks[0].slice(0, 4))  # warm-up: engine, image cache
+    stage.deliberate(prompts[0][:4])
+    candidates = sum(len(p["labels"]) for block in prompts for p in block)
+    timed = {"stage": [], "backend": []}
+    for _ in range(3):  # interleaved; the best pass of each counts (this machine's passes vary by up to 1.5x)
+        for name, work in (("stage", lambda: [stage(block) for block in blocks]),
+                           ("backend", lambda: [stage.deliberate(block) for block in prompts])):
+            start = time.perf_counter()
+            work()
+            timed[name].append(candidates / (time.perf_counter() - start))
+    stage_best, backend_best = max(timed["stage"]), max(timed["backend"])
+    print(f"\nVLM stage vs its backend (vLLM-CPU), {signals.num_rows} sequential rows x {config.shortlist} "
+          f"candidates, {batch_size} rows per call, best of 3 passes: stage {stage_best:.1f} cand/s (passes "
+          f"{', '.join(f'{x:.0f}' for x in timed['stage'])}), backend alone {backend_best:.1f} cand/s (passes "
+          f"{', '.join(f'{x:.0f}' for x in timed['backend'])}) -> the stage at {stage_best / backend_best:.0%} of "
+          f"its backend")
 
 
 if __name__ == "__main__":

@@ -2,87 +2,35 @@
 
     python benchmarks/serve_load.py --bundle demo_output/bundle --data demo_output/data [--requests 1000]
                                     [--concurrency 8] [--rate 100] [--plan 0.3,0.7,0.1,tool]
-                                    [--sweep 50,100,200,400 --vlm-sweep 5,10,20,40]
+                                    [--sweep 50,100,200,400 --vlm-sweep 5,10,20,40] [--overload-seconds 30]
 
 Starts on 127.0.0.1 first a no-op app of the same shape (the floor: what Serve itself costs here), then the
 app (`reasonrec serve`'s code), and sends to each a fixed number of requests at a fixed
 concurrency (optionally paced to ``--rate`` req/s) for two kinds of users of the test split: those the fitted
 planner answers with the tools (route low) and those it sends to the VLM. Latency is measured at the client.
 ``--sweep`` / ``--vlm-sweep`` then offer each path a series of open-loop rates and report the highest one whose p99
-stays under 100 ms with nothing shed (a 503 from ``ServeConfig.ingress_max_queued``).
+stays under 100 ms with nothing shed (a 503 from ``ServeConfig.ingress_max_queued``). ``--overload-seconds`` then
+offers the tools path 3x that rate (the app must shed the excess with fast 503s, keep the accepted requests' p99
+near the sustainable one, and its memory bounded) and right after the sustainable rate again (it must recover).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import http.client
 import json
 import os
 import socket
 import tempfile
-import threading
-import time
-import urllib.parse
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from reasonrec.serve.loadgen import load, overload, repeat, sustainable, sweep
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def load(url: str, bodies: list[dict], concurrency: int, rate: float | None, open_loop: bool = False) -> dict:
-    """Latencies of POSTing every body (one keep-alive connection per client thread: a lean client leaves the
-    cores to the server). ``open_loop`` (with ``rate``): each latency counts from the request's scheduled time, so
-    a server that falls behind is charged for the wait too. 503s (shed load) are counted, not timed."""
-    address = urllib.parse.urlsplit(url)
-    local = threading.local()
-    payloads = [json.dumps(b).encode() for b in bodies]
-    start = time.perf_counter()
-
-    def one(i: int) -> tuple[int, float]:
-        due = start + i / rate if rate else None
-        if due:  # pace request i to start at i / rate seconds
-            time.sleep(max(0.0, due - time.perf_counter()))
-        if not hasattr(local, "connection"):
-            local.connection = http.client.HTTPConnection(address.hostname, address.port, timeout=120)
-        t = due if open_loop and due else time.perf_counter()
-        local.connection.request("POST", address.path, payloads[i], {"Content-Type": "application/json"})
-        reply = local.connection.getresponse()
-        body = reply.read()
-        if reply.status not in (200, 503):
-            raise RuntimeError(f"HTTP {reply.status}: {body[:300]!r}")
-        return reply.status, 1000 * (time.perf_counter() - t)
-
-    with ThreadPoolExecutor(concurrency) as pool:
-        replies = list(pool.map(one, range(len(bodies))))
-    seconds = time.perf_counter() - start
-    latencies = np.array([ms for status, ms in replies if status == 200] or [np.nan])
-    return {"requests": len(bodies), "req_per_s": len(bodies) / seconds, "p50_ms": float(np.percentile(latencies, 50)),
-            "p99_ms": float(np.percentile(latencies, 99)), "shed": sum(status == 503 for status, _ in replies)}
-
-
-def sweep(url: str, bodies: list[dict], rates: list[float], seconds: float) -> list[tuple[float, dict]]:
-    """Open-loop load at each rate for ``seconds``: enough client threads for a second's worth of requests in
-    flight at 250 ms each, so the client is not what limits the rate."""
-    out = []
-    for rate in rates:
-        pool = _repeat(bodies, max(20, int(rate * seconds)))
-        out.append((rate, load(url, pool, max(8, int(rate / 4)), rate, open_loop=True)))
-    return out
-
-
-def sustainable(results: list[tuple[float, dict]], p99_ms: float = 100.0) -> float | None:
-    """The highest rate whose p99 stays under ``p99_ms`` with nothing shed (and every lower rate too)."""
-    best = None
-    for rate, r in sorted(results, key=lambda x: x[0]):
-        if r["p99_ms"] >= p99_ms or r["shed"] or r["req_per_s"] < 0.9 * rate:
-            break
-        best = rate
-    return best
 
 
 def floor_app(batch_size: int, wait_s: float):
@@ -138,6 +86,10 @@ def main() -> None:
     parser.add_argument("--sweep", default="", help="tools-path rates to sweep, req/s (e.g. 50,100,200,400)")
     parser.add_argument("--vlm-sweep", default="", help="VLM-path rates to sweep, req/s (e.g. 5,10,20,40)")
     parser.add_argument("--sweep-seconds", type=float, default=10.0)
+    parser.add_argument("--max-ongoing", type=int, help="ingress_max_ongoing (default: ServeConfig's)")
+    parser.add_argument("--max-queued", type=int, help="ingress_max_queued (default: ServeConfig's)")
+    parser.add_argument("--overload-seconds", type=float, default=0.0,
+                        help="after the tools sweep: 3x its highest sustainable rate for this long, then that rate")
     parser.add_argument("--default-proxy", action="store_true",
                         help="Serve's Python proxy instead of the high-throughput mode (HAProxy ingress)")
     args = parser.parse_args()
@@ -172,6 +124,10 @@ def main() -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     if args.batch_wait is not None:
         config = dataclasses.replace(config, tool_batch_wait_s=args.batch_wait)
+    if args.max_ongoing is not None:
+        config = dataclasses.replace(config, ingress_max_ongoing=args.max_ongoing)
+    if args.max_queued is not None:
+        config = dataclasses.replace(config, ingress_max_queued=args.max_queued)
     if args.replicas:
         fixed = {"min_replicas": args.replicas, "max_replicas": args.replicas}
         config = dataclasses.replace(config, ingress_replicas=fixed, tool_replicas=fixed, vlm_replicas=fixed)
@@ -179,7 +135,7 @@ def main() -> None:
     rows = []
     if bodies["tools (route low)"]:
         serve.run(floor_app(config.tool_batch_size, config.tool_batch_wait_s), name="floor", route_prefix="/")
-        pool = _repeat(bodies["tools (route low)"], args.requests)
+        pool = repeat(bodies["tools (route low)"], args.requests)
         load(url, pool[:20], args.concurrency, None)
         rows.append(("floor (no-op app)", load(url, pool, args.concurrency, args.rate or None)))
         serve.delete("floor")
@@ -192,12 +148,18 @@ def main() -> None:
         if not bodies[kind]:
             print(f"{kind}: no such users under the bundle's fitted plan")
             continue
-        pool = _repeat(bodies[kind], count)
+        pool = repeat(bodies[kind], count)
         load(url, pool[:100], args.concurrency, None)  # warm-up: model loads, first batches
         rows.append((kind, load(url, pool, args.concurrency, args.rate or None)))
     swept = {kind: sweep(url, bodies[kind], [float(r) for r in rates.split(",")], args.sweep_seconds)
              for kind, rates in (("tools (route low)", args.sweep), ("VLM (route medium/high)", args.vlm_sweep))
              if rates and bodies[kind]}
+    tools_swept = swept.get("tools (route low)", [])
+    best = sustainable(tools_swept)
+    shed_test = None
+    if args.overload_seconds and best:
+        shed_test = overload(url, bodies["tools (route low)"], 3 * best, args.overload_seconds, best,
+                             min(10.0, args.overload_seconds))
     serve.shutdown()
     mode = "high-throughput (HAProxy ingress)" if config.high_throughput else "default proxy"
     print(f"\nconcurrency {args.concurrency}, paced at {args.rate or 'max'} req/s, loopback, "
@@ -216,10 +178,23 @@ def main() -> None:
             print(f"{rate:8.0f} {r['req_per_s']:8.1f} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['shed']:6d}")
         best = sustainable(results)
         print(f"highest rate with p99 < 100 ms and nothing shed: {best if best is not None else 'none swept'} req/s")
+    if shed_test:
+        _print_overload(shed_test, dict(tools_swept)[best], best, args.overload_seconds)
 
 
-def _repeat(bodies: list[dict], count: int) -> list[dict]:
-    return (bodies * (count // len(bodies) + 1))[:count]
+def _print_overload(result: dict, at_best: dict, best: float, seconds: float) -> None:
+    over, after = result["over"], result["after"]
+    print(f"\noverload, tools (route low): {3 * best:.0f} req/s offered (3x the sustainable {best:.0f}) for "
+          f"{seconds:.0f} s, then {best:.0f} req/s at once")
+    print(f"  offered {over['req_per_s']:.1f} req/s: answered {over['answered_per_s']:.1f} req/s, shed "
+          f"{over['shed']} of {over['requests']} ({over['shed'] / over['requests']:.0%}) with 503 + Retry-After, "
+          f"p99 {over['shed_p99_ms']:.1f} ms")
+    ratio = over["p99_ms"] / at_best["p99_ms"]
+    print(f"  accepted p50 {over['p50_ms']:.1f} / p99 {over['p99_ms']:.1f} ms: x{ratio:.2f} the sustainable rate's "
+          f"p99 ({at_best['p99_ms']:.1f} ms)")
+    print(f"  Serve processes' memory: {result['memory_before_mib']:.0f} MiB before, peak "
+          f"{result['memory_peak_mib']:.0f} MiB (x{result['memory_peak_mib'] / result['memory_before_mib']:.2f})")
+    print(f"  then at {best:.0f} req/s: p50 {after['p50_ms']:.1f} / p99 {after['p99_ms']:.1f} ms, shed {after['shed']}")
 
 
 if __name__ == "__main__":

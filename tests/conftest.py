@@ -40,6 +40,26 @@ def copy_files(uri: str, to: str) -> str:
     return to
 
 
+def actor_processes(kind: str) -> list:
+    """Live worker processes of an actor class (Ray titles them ``ray::MapWorker(MapBatches(<class>))...``, or
+    ``ray::<class>...``)."""
+    import psutil
+
+    import ray._private.worker
+
+    # Only this session's workers (descendants of its raylet): another Ray may run on the machine.
+    (raylet,) = ray._private.worker._global_node.all_processes["raylet"]
+    found = []
+    for process in psutil.Process(raylet.process.pid).children(recursive=True):
+        try:
+            title = " ".join(process.cmdline())
+        except psutil.NoSuchProcess:
+            continue
+        if title.startswith(f"ray::{kind}") or (title.startswith("ray::") and f"({kind})" in title):
+            found.append(process.pid)
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

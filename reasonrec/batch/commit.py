@@ -194,9 +194,9 @@ def summarise(parts: list[dict]) -> dict:
     }
 
 
-def start(output: str, run_date: str | None, header: dict, force: bool = False) -> tuple[Run, list[dict], pa.Table]:
+def start(output: str, run_date: str | None, header: dict, force: bool = False) -> tuple[Run, list[dict], dict]:
     """The run to write: the date's latest unfinished run with the same header (unless ``force``), resumed with the
-    parts its ledger vouches for and their input keys (shard, row); else a new run."""
+    parts its ledger vouches for and, per shard, the rows they answered; else a new run."""
     header = json.loads(json.dumps(header, sort_keys=True, default=str))  # as it reads back from storage
     fresh = Run.new(output, run_date)
     if not force:
@@ -205,13 +205,10 @@ def start(output: str, run_date: str | None, header: dict, force: bool = False) 
             if storage.exists(storage.join(run.uri, MANIFEST)):
                 break  # committed runs are not reopened
             if _header(run) == header:
-                parts, keys = recorded_parts(run)
-                return run, parts, keys
+                parts, answered = recorded_parts(run)
+                return run, parts, answered
     storage.write_json(storage.join(fresh.uri, RUN_HEADER), header)
-    return fresh, [], _KEYS.empty_table()
-
-
-_KEYS = pa.schema([pa.field("shard", pa.string()), pa.field("row", pa.int64())])
+    return fresh, [], {}
 
 
 def _header(run: Run) -> dict | None:
@@ -221,26 +218,59 @@ def _header(run: Run) -> dict | None:
         return None
 
 
-def recorded_parts(run: Run) -> tuple[list[dict], pa.Table]:
-    """The complete parts a run's ledger lists, and the input keys they answered. An entry cut short by a crash is
-    skipped (its rows are redone); so is one whose rows another entry already covers (a retried write task)."""
-    parts, keys, seen = [], [], set()
-    for rel in storage.list_files(storage.join(run.uri, LEDGER)):
-        try:
-            table = storage.read_parquet(storage.join(run.uri, LEDGER, rel))
-            part = json.loads(table.schema.metadata[b"part"])
-        except (OSError, pa.ArrowException, KeyError, TypeError, ValueError):
+def recorded_parts(run: Run) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """The complete parts a run's ledger lists, and per shard the rows they answered (sorted). An entry cut short
+    by a crash is skipped (its rows are redone); so is one whose rows another entry already covers (a retried write
+    task).
+
+    Entries are read in parallel, and the answered rows are a bitmap per shard (a byte per input row), so a resume
+    of a big night costs the driver array work and a few bytes per answered row, not Python objects."""
+    ledger = storage.join(run.uri, LEDGER)
+    with ThreadPoolExecutor(16) as pool:
+        entries = list(pool.map(lambda rel: _ledger_entry(run, storage.join(ledger, rel)),
+                                storage.list_files(ledger)))
+    parts, covered = [], {}
+    for entry in entries:
+        if entry is None:
             continue
-        files = [run.staged(kind, name) for kind in ("results", "quarantine") for name in part[kind]]
-        if not all(storage.exists(f) for f in files):
+        part, by_shard = entry
+        if any(_any_covered(covered.get(shard), rows) for shard, rows in by_shard.items()):
             continue
-        block = frozenset(zip(table.column("shard").to_pylist(), table.column("row").to_pylist()))
-        if seen & block:
-            continue
-        seen |= block
+        for shard, rows in by_shard.items():
+            covered[shard] = _cover(covered.get(shard), rows)
         parts.append(part)
-        keys.append(table.select(["shard", "row"]).cast(_KEYS))
-    return parts, pa.concat_tables(keys) if keys else _KEYS.empty_table()
+    return parts, {shard: np.flatnonzero(rows).astype(np.int32) for shard, rows in covered.items()}
+
+
+def _ledger_entry(run: Run, uri: str) -> tuple[dict, dict[str, np.ndarray]] | None:
+    """An entry's part and its rows per shard; None for an entry cut short or whose files are not all there."""
+    try:
+        table = storage.read_parquet(uri)
+        part = json.loads(table.schema.metadata[b"part"])
+    except (OSError, pa.ArrowException, KeyError, TypeError, ValueError):
+        return None
+    files = [run.staged(kind, name) for kind in ("results", "quarantine") for name in part[kind]]
+    if not all(storage.exists(f) for f in files):
+        return None
+    shard = table.column("shard").combine_chunks().dictionary_encode()
+    rows, codes = table.column("row").to_numpy(), shard.indices.to_numpy()
+    return part, {name: rows[codes == i] for i, name in enumerate(shard.dictionary.to_pylist())}
+
+
+def _any_covered(covered: np.ndarray | None, rows: np.ndarray) -> bool:
+    return covered is not None and bool(covered[rows[rows < len(covered)]].any())
+
+
+def _cover(covered: np.ndarray | None, rows: np.ndarray) -> np.ndarray:
+    """``covered`` with ``rows`` set, grown (doubling) when a row lies past its end."""
+    need = int(rows.max(initial=-1)) + 1
+    if covered is None or need > len(covered):
+        grown = np.zeros(max(need, 2 * (0 if covered is None else len(covered))), dtype=bool)
+        if covered is not None:
+            grown[:len(covered)] = covered
+        covered = grown
+    covered[rows] = True
+    return covered
 
 
 def finish(run: Run, rows_in: int, header: dict, parts: list[dict], reused: int, started: dt.datetime,

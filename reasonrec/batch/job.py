@@ -15,8 +15,6 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
-
 from reasonrec import storage
 from reasonrec.batch import commit, duplicates, shards
 from reasonrec.batch.config import ScoreConfig
@@ -71,14 +69,14 @@ def plan(requests: str, bundle: str, output: str, config: ScoreConfig, run_date:
     header = {"requests": requests, "bundle": bundle, "bundle_version": scoring.bundle.version,
               "shards": len(listed), "rows_in": sum(rows), "mode": config.mode, "primary": scoring.primary,
               "config": dataclasses.asdict(config)}
-    run, reused, done = commit.start(output, run_date, header, force=force)
-    skip = _rows_by_shard(done)
+    run, reused, skip = commit.start(output, run_date, header, force=force)
     todo = [(uri, n) for uri, n in zip(listed, rows) if len(skip.get(uri, ())) < n]
     logger.info(f"scoring {sum(rows)} requests from {len(listed)} shard(s) with bundle {scoring.bundle.version} "
                 f"-> {run.uri}")
     found = Plan(scoring, run, header, sum(rows), reused, todo, skip)
     if reused:
-        logger.info(f"resuming run {run.run_id}: {done.num_rows} rows already answered in {len(reused)} parts; "
+        answered = sum(map(len, skip.values()))
+        logger.info(f"resuming run {run.run_id}: {answered} rows already answered in {len(reused)} parts; "
                     f"{len(todo)} shard(s) left")
     if not todo:  # the interrupted run wrote everything but its manifest
         found.finish([])
@@ -104,18 +102,6 @@ def score(requests: str, bundle: str, output: str, config: ScoreConfig | None = 
             block = pipeline.stages(stream.slice(lo, config.batch_size))
             parts.append(commit.write_part(to_sink(block), job.run))
     return job.finish(parts)
-
-
-def _rows_by_shard(keys) -> dict:
-    """(shard, row) keys as {shard: sorted rows}."""
-    out = {}
-    if keys.num_rows:
-        keys = keys.sort_by([("shard", "ascending"), ("row", "ascending")])
-        names, rows = keys.column("shard").to_numpy(zero_copy_only=False), keys.column("row").to_numpy()
-        starts = np.flatnonzero(np.r_[True, names[1:] != names[:-1]])
-        for start, end in zip(starts, np.r_[starts[1:], len(names)]):
-            out[names[start]] = rows[start:end]
-    return out
 
 
 def summary(manifest: dict) -> str:

@@ -67,10 +67,12 @@ class ServeConfig:
         "min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 16})
     vlm_replicas: dict = dataclasses.field(default_factory=lambda: {
         "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 8})
-    ingress_max_ongoing: int = 64  # requests one ingress replica holds at once (Serve's default is 5)
-    # Load shedding: beyond this many requests waiting for an ingress replica's free slot, a request gets an
-    # immediate 503 with Retry-After instead of an unbounded wait (-1: queue without bound, Serve's default).
-    ingress_max_queued: int = 128
+    # Requests one ingress replica holds at once (Serve's default is 5) and, beyond that, lets wait for a slot; the
+    # next gets an immediate 503 with Retry-After (-1: queue without bound, Serve's default). Under overload an
+    # accepted request waits about (ongoing + queued) / throughput: 48 keeps that near 0.15 s on 2 cores while
+    # normal load never fills it (benchmarks/serve_load.py --overload-seconds; docs/results.md).
+    ingress_max_ongoing: int = 32
+    ingress_max_queued: int = 16
     retry_after_s: float = 1.0
     cpus_per_replica: float = 0.25
     torch_threads: int = 1  # per replica: replicas share the node's cores, one thread each avoids oversubscription

@@ -35,23 +35,30 @@ def pool_weights(logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return torch.exp(logits - logits.amax(dim=2, keepdim=True).nan_to_num(neginf=0.0))
 
 
-def prefix_pool(x: torch.Tensor, logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """For every position t: each interest's softmax-weighted mean of ``x`` over positions s <= t.
+def prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_weights: torch.Tensor,
+                     value_weights: torch.Tensor, causal: torch.Tensor, drop: nn.Module) -> torch.Tensor:
+    """Every position t attends over the ``k`` interests its prefix s <= t is pooled into.
 
-    ``x`` (B, H, L, d), ``logits`` (B, H, L, k) the aggregation scores, ``real`` (B, L) real items (padding weighs
-    nothing); returns (B, H, L, k, d): the softmax of every prefix at once, by cumulative sums."""
-    weights = pool_weights(logits, real)
-    num = torch.cumsum(weights[..., None] * x[:, :, :, None, :], dim=2)  # (B, H, L, k, d)
-    den = torch.cumsum(weights, dim=2)[..., None]
-    return num / den.clamp(min=1e-30)
+    ``q``, ``k``, ``v`` (B, H, L, d); ``key_weights``, ``value_weights`` (B, H, L, k) from ``pool_weights``; ``causal``
+    (L, L) s <= t. The pooled interests (B, H, L, k, d) are never formed: q_t . sum_s w_sj k_s is row t of
+    causal(q k^T) @ w, and the attention-weighted pooled values fold into an (L, L) mixing matrix the same way, so
+    the work is four small matmuls instead of running sums over a tensor ``k`` times the size of the input."""
+    mask = causal.to(q.dtype)
+    key_den = torch.cumsum(key_weights, dim=2).clamp(min=1e-30)  # each prefix softmax's denominator
+    value_den = torch.cumsum(value_weights, dim=2).clamp(min=1e-30)
+    scores = ((q @ k.transpose(-1, -2)) * mask) @ key_weights / key_den / q.shape[-1] ** 0.5  # (B, H, L, k)
+    attention = drop(scores.softmax(dim=-1))
+    mixing = ((attention / value_den) @ value_weights.transpose(-1, -2)) * mask  # (B, H, L, L)
+    return mixing @ v
 
 
-def whole_pool(x: torch.Tensor, logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """``prefix_pool`` at the last position only, (B, H, 1, k, d): one sum over the sequence instead of a running
-    one (the last position's prefix is the whole sequence)."""
-    weights = pool_weights(logits, real)
-    num = torch.einsum("bhlk,bhld->bhkd", weights, x)
-    return (num / weights.sum(dim=2)[..., None].clamp(min=1e-30))[:, :, None]
+def last_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_weights: torch.Tensor,
+                   value_weights: torch.Tensor, drop: nn.Module) -> torch.Tensor:
+    """``prefix_attention`` for the last position alone (``q`` (B, H, 1, d)): its prefix is the whole sequence, so
+    each interest is pooled once, (B, H, k, d)."""
+    keys = (key_weights.transpose(-1, -2) @ k) / key_weights.sum(dim=2)[..., None].clamp(min=1e-30)
+    values = (value_weights.transpose(-1, -2) @ v) / value_weights.sum(dim=2)[..., None].clamp(min=1e-30)
+    return drop((q @ keys.transpose(-1, -2) / q.shape[-1] ** 0.5).softmax(dim=-1)) @ values
 
 
 class LowRankBlock(nn.Module):
@@ -69,23 +76,24 @@ class LowRankBlock(nn.Module):
 
     def heads_of(self, x: torch.Tensor) -> torch.Tensor:
         b, length, _ = x.shape
-        return x.view(b, length, self.heads, self.head_dim).transpose(1, 2)  # (B, H, L, d)
+        return x.view(b, length, self.heads, self.head_dim).transpose(1, 2)  # (B or 1, H, L, d)
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, real: torch.Tensor, causal: torch.Tensor,
-                last_only: bool = False) -> torch.Tensor:
-        """``last_only``: the output at the last position alone, (B, 1, dim), pooled over the whole sequence."""
+                allowed: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """``pos`` (1, L, dim) is every sequence's; ``causal`` (L, L) s <= t; ``allowed`` (B, 1, L, L) what the
+        position attention may read; ``last_only``: the output at the last position alone, (B, 1, dim), pooled
+        over the whole sequence."""
         b, length, dim = x.shape
         q, k, v = (self.heads_of(t) for t in self.qkv(self.norm1(x)).chunk(3, dim=-1))
-        pool = whole_pool if last_only else prefix_pool
-        keys = pool(k, self.theta_k(k), real)  # (B, H, L or 1, k, d)
-        values = pool(v, self.theta_v(v), real)
+        key_weights, value_weights = pool_weights(self.theta_k(k), real), pool_weights(self.theta_v(v), real)
         pq, pk = (self.heads_of(t) for t in self.pos_qk(pos).chunk(2, dim=-1))
-        allowed = causal & real[:, None, None, :] | torch.eye(length, dtype=torch.bool)
         if last_only:
             q, pq, allowed, x = q[:, :, -1:], pq[:, :, -1:], allowed[:, :, -1:], x[:, -1:]
-        scores = torch.einsum("bhld,bhlkd->bhlk", q, keys) / self.head_dim ** 0.5
-        items = torch.einsum("bhlk,bhlkd->bhld", self.drop(scores.softmax(dim=-1)), values)
+            items = last_attention(q, k, v, key_weights, value_weights, self.drop)
+        else:
+            items = prefix_attention(q, k, v, key_weights, value_weights, causal, self.drop)
         # Position-to-position attention, decoupled from the items: which earlier positions matter, by position.
+        # It is the same for every sequence of the batch (1, H, L, L) until the padding mask is applied.
         by_position = (pq @ pk.transpose(-1, -2)) / self.head_dim ** 0.5
         positions = self.drop(by_position.masked_fill(~allowed, float("-inf")).softmax(dim=-1)) @ v
         x = x + self.drop(self.proj((items + positions).transpose(1, 2).reshape(b, -1, dim)))
@@ -109,18 +117,19 @@ class LightSANs(SequentialTool):
         nn.init.normal_(self.pos_emb.weight, std=0.02)
 
     def encode(self, seq: torch.Tensor, last_only: bool = False) -> torch.Tensor:
-        b, length = seq.shape
+        length = seq.shape[1]
         # Positions count back from the most recent item, so left padding does not shift them.
         from_end = torch.arange(length - 1, -1, -1).clamp(max=self.config.max_len - 1)
-        pos = self.pos_emb(from_end)[None].expand(b, -1, -1)
+        pos = self.pos_emb(from_end)[None]  # (1, L, dim): projected once per block, not once per sequence
         x = self.drop(self.item_emb(seq) * self.config.dim ** 0.5)
         real = seq > 0
         causal = torch.ones(length, length, dtype=torch.bool).tril()
+        allowed = causal & real[:, None, None, :] | torch.eye(length, dtype=torch.bool)  # padding reads itself
         for i, block in enumerate(self.blocks):
             if last_only and i == len(self.blocks) - 1:
-                x = block(x, pos, real, causal, last_only=True) * real[:, -1:, None]
+                x = block(x, pos, real, causal, allowed, last_only=True) * real[:, -1:, None]
             else:
-                x = block(x, pos, real, causal) * real[..., None]  # padding stays zero: no batch can reach a row
+                x = block(x, pos, real, causal, allowed) * real[..., None]  # padding stays zero
         return self.norm(x)
 
     def encode_last(self, seq: torch.Tensor) -> torch.Tensor:

@@ -41,6 +41,30 @@ class ResidualBlock(nn.Module):
         h = F.relu(self.norm2(self.causal(self.conv2, self.drop(h)))) * real
         return x + self.drop(h)
 
+    def last(self, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """``forward`` at the last position alone, (B, 1, dim) (inference): the second convolution reads the first
+        one's output at three positions, so only those are computed."""
+        length, reach = x.shape[1], (self.kernel - 1) * self.conv2.dilation[0]
+        taps = torch.arange(length - 1 - reach, length, self.conv2.dilation[0])  # what conv2 reads, oldest first
+        h = F.relu(self.norm1(_conv_at(self.conv1, x, taps))) * _at(real, taps)
+        h = F.relu(self.norm2(_conv_at(self.conv2, h, torch.tensor([len(taps) - 1]), stride=1))) * real[:, -1:]
+        return x[:, -1:] + h
+
+
+def _at(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """``x`` (B, L, d) at ``positions``, zero where a position lies before the sequence (the causal left padding)."""
+    return x[:, positions.clamp(min=0)] * (positions >= 0).to(x.dtype)[None, :, None]
+
+
+def _conv_at(conv: nn.Conv1d, x: torch.Tensor, positions: torch.Tensor, stride: int | None = None) -> torch.Tensor:
+    """The causal ``conv``'s output at ``positions`` only, (B, P, out): each reads ``x`` at p, p - s, p - 2s...
+    (s its dilation, or ``stride`` when ``x`` holds only the positions it reads, one apart)."""
+    step = conv.dilation[0] if stride is None else stride
+    kernel = conv.kernel_size[0]
+    reads = positions[:, None] - step * torch.arange(kernel - 1, -1, -1)[None, :]  # (P, kernel), oldest tap first
+    gathered = _at(x, reads.reshape(-1)).view(x.shape[0], len(positions), kernel, x.shape[2])
+    return torch.einsum("bpki,oik->bpo", gathered, conv.weight) + conv.bias
+
 
 @register
 class NextItNet(SequentialTool):
@@ -65,3 +89,11 @@ class NextItNet(SequentialTool):
         for block in self.blocks:
             x = block(x, real) * real
         return self.norm(x)
+
+    def encode_last(self, seq: torch.Tensor) -> torch.Tensor:
+        # Scoring reads the last position only: the final block computes what that position reads, nothing else.
+        real = (seq > 0)[..., None].float()
+        x = self.item_emb(seq) * self.config.dim ** 0.5 * real
+        for block in self.blocks[:-1]:
+            x = block(x, real) * real
+        return self.norm(self.blocks[-1].last(x, real) * real[:, -1:])[:, -1]

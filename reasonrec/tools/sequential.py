@@ -18,7 +18,10 @@ class SequentialConfig(ToolConfig):
     dropout: float = 0.5
 
 
-SCORE_CHUNK = 128  # users encoded together at scoring time (128-1024 measured on Beauty: 128 fastest)
+# Users encoded together at scoring time: a chunk holds up to this many positions (users x its longest history),
+# so short histories go in big chunks (each chunk costs ~1 ms of fixed per-op overhead) and long ones in small
+# chunks (attention grows with length squared). Measured on Beauty: see docs/results.md.
+SCORE_TOKENS = 2048
 
 
 class SequentialTool(Tool):
@@ -62,7 +65,23 @@ class SequentialTool(Tool):
         # Users are encoded in chunks of similar history length, each padded only to its own longest: one long
         # history no longer pads a whole batch to max_len. Exact, since no model here reads the left padding
         # (tests/unit/test_tools.py).
-        order = np.argsort(np.minimum(history.lengths, self.config.max_len), kind="stable")
-        last = torch.cat([self.encode_last(torch.from_numpy(history.padded(rows, self.config.max_len)))
-                          for rows in np.array_split(order, max(1, -(-len(order) // SCORE_CHUNK)))])
+        lengths = np.maximum(np.minimum(history.lengths, self.config.max_len), 1)
+        order = np.argsort(lengths, kind="stable")
+        last = torch.cat([self.encode_last(torch.from_numpy(history.padded(order[lo:hi], self.config.max_len)))
+                          for lo, hi in chunks(lengths[order], SCORE_TOKENS)])
         return last[torch.from_numpy(np.argsort(order))] @ self.item_table().T
+
+
+def chunks(lengths: np.ndarray, tokens: int) -> list[tuple[int, int]]:
+    """[lo, hi) ranges over ascending ``lengths``, each as many rows as fit ``tokens`` when padded to its last
+    (longest) length, and at least one row."""
+    out, lo = [], 0
+    while lo < len(lengths):
+        # The largest hi with (hi - lo) * lengths[hi - 1] <= tokens: that product grows with hi.
+        fits, too_many = lo + 1, len(lengths) + 1
+        while too_many - fits > 1:
+            mid = (fits + too_many) // 2
+            fits, too_many = (mid, too_many) if (mid - lo) * lengths[mid - 1] <= tokens else (fits, mid)
+        out.append((lo, fits))
+        lo = fits
+    return out

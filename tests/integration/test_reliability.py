@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import PLANNER_SCORE
+from conftest import PLANNER_SCORE, actor_processes
 from s3_faults import FaultPlan
 
 from reasonrec import storage
@@ -112,26 +112,6 @@ def test_a_rerun_with_other_settings_starts_afresh(ray_session, requests_uri, bu
     manifest = score(requests_uri, output, bundle_uri, TOOLS_ONLY)
     assert manifest["run_id"] != run.run_id and manifest["resumed"] is None
     accounted(output, 320)
-
-
-def actor_processes(kind: str) -> list:
-    """Live worker processes of an actor class (Ray titles them ``ray::MapWorker(MapBatches(<class>))...``, or
-    ``ray::<class>...``)."""
-    import psutil
-
-    import ray._private.worker
-
-    # Only this session's workers (descendants of its raylet): another Ray may run on the machine.
-    (raylet,) = ray._private.worker._global_node.all_processes["raylet"]
-    found = []
-    for process in psutil.Process(raylet.process.pid).children(recursive=True):
-        try:
-            title = " ".join(process.cmdline())
-        except psutil.NoSuchProcess:
-            continue
-        if title.startswith(f"ray::{kind}") or (title.startswith("ray::") and f"({kind})" in title):
-            found.append(process.pid)
-    return found
 
 
 def kill_when_running(kinds: tuple[str, ...], killed: list, stop: threading.Event, after_s: float = 1.0) -> None:

@@ -136,3 +136,24 @@ def test_results_carry_the_run_id_and_no_partition_key(output):
     run_ids = set(table.column("run_id").to_pylist())
     assert run_ids == {commit.committed_run(output, "2026-11-28")["run_id"]}
     assert np.all(pc.equal(table.column("model_version"), "v1").to_numpy(zero_copy_only=False))
+
+
+def test_the_ledger_vouches_for_complete_parts_once(tmp_path):
+    """A resumed run reuses the parts its ledger lists: a retried write (same rows twice) counts once, an entry whose
+    part is gone or that was cut short counts not at all, and rows of several shards are told apart."""
+    run = commit.Run.new(str(tmp_path / "out"), "2026-12-01")
+    first = block(["a", "b", "c"])
+    shard, row = first.schema.get_field_index("shard"), first.schema.get_field_index("row")
+    other_shard = commit.write_part(first.set_column(shard, "shard", pa.array(["mem://t"] * 3)), run)
+    once = [commit.write_part(first, run), commit.write_part(first, run)]  # a write task retried after it had written
+    lost = commit.write_part(block(["d"]).set_column(row, "row", pa.array([7], pa.int64())), run)
+    storage.delete(run.staged("results", lost["results"][0]))  # its part is gone: the row is redone
+    with open(storage.join(run.uri, commit.LEDGER, "part-cut-short"), "wb") as f:
+        f.write(b"PAR1 cut short")
+
+    parts, answered = commit.recorded_parts(run)
+
+    names = [p["results"][0] for p in parts]
+    assert len(names) == 2 and other_shard["results"][0] in names
+    assert len({p["results"][0] for p in once} & set(names)) == 1
+    assert {shard: rows.tolist() for shard, rows in answered.items()} == {"mem://s": [0, 1, 2], "mem://t": [0, 1, 2]}
