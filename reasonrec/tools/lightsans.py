@@ -83,7 +83,7 @@ class LowRankBlock(nn.Module):
         """``pos`` (1, L, dim) is every sequence's; ``causal`` (L, L) s <= t; ``allowed`` (B, 1, L, L) what the
         position attention may read; ``last_only``: the output at the last position alone, (B, 1, dim), pooled
         over the whole sequence."""
-        b, length, dim = x.shape
+        b, _, dim = x.shape
         q, k, v = (self.heads_of(t) for t in self.qkv(self.norm1(x)).chunk(3, dim=-1))
         key_weights, value_weights = pool_weights(self.theta_k(k), real), pool_weights(self.theta_v(v), real)
         pq, pk = (self.heads_of(t) for t in self.pos_qk(pos).chunk(2, dim=-1))
