@@ -20,8 +20,9 @@ os.environ.setdefault("AWS_ACCESS_KEY_ID", "AKIAREASONRECTEST7Q2")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "rr-secret-9f3b7c1e4d2a-never-logged")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 # Storage retries (standard AWS variable): few enough to keep failing tests short, enough that the fault tests'
-# random 8 % of failed requests never hit one request on every attempt (0.08^6 per request).
-os.environ.setdefault("AWS_MAX_ATTEMPTS", "6")
+# random 8 % of failed requests never hit one request on every attempt (0.08^5 per request). Each attempt more
+# doubles the backoff a test of a persistent failure waits through.
+os.environ.setdefault("AWS_MAX_ATTEMPTS", "5")
 
 
 def pytest_collection_modifyitems(items):

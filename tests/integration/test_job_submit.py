@@ -45,7 +45,7 @@ def head_node():
         assert time.time() < deadline and head.poll() is None, "ray start --head did not come up"
         time.sleep(2)
     yield address, with_token
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+    for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 5)):  # `ray start --block` may ignore the first
         try:
             os.killpg(head.pid, sig)
         except ProcessLookupError:

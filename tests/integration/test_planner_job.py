@@ -13,8 +13,8 @@ from reasonrec.batch.requests import requests_for_split, write_requests
 from reasonrec.bundle import Bundle
 from reasonrec.planner import MODES, Aggregator
 
-USERS = 60  # per ranking task: the VLM runs on CPU in every mode but tools-only
-CTR_USERS = 30  # ctr requests: 5 candidates each, a yes/no prompt per candidate
+USERS = 40  # per ranking task: the VLM runs on CPU in every mode but tools-only
+CTR_USERS = 20  # ctr requests: 5 candidates each, a yes/no prompt per candidate
 ROWS = 2 * USERS + 1 + CTR_USERS  # and one test user whose request carries no history (evidence horizon 1: high)
 CANDIDATES = {"sequential": 10, "direct": 10, "ctr": 5}  # answers per row (k = 10)
 CONSULTED = {"sequential": 2, "direct": 2, "ctr": 1}  # the routed bundle's tools per task

@@ -11,7 +11,7 @@ from reasonrec import storage
 def unreachable(monkeypatch):
     endpoint = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "4")  # ~2 s of backoff instead of ~45 s
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "3")  # ~1 s of backoff instead of ~45 s
     monkeypatch.setattr(storage._waiting, "after_s", 0.2)
     monkeypatch.setattr(storage._waiting, "every_s", 0.0)
     return endpoint
