@@ -23,6 +23,9 @@ from reasonrec.scores import majority_vote
 from reasonrec.tools.base import Tool, exclude_seen
 
 
+SCORE_FLOATS = 1 << 21  # catalogue scores per tool in one pass: 8 MiB of float32
+
+
 class ToolStage:
     def __init__(self, scoring: Scoring, holdout: bool = False):
         """``holdout``: the tools as they were before their refit on the validation items (fit-planner)."""
@@ -47,8 +50,19 @@ class ToolStage:
                     parts.append(self.signals(rows, name, primary_only))
         return pa.concat_tables(parts)
 
-    @torch.inference_mode()
     def signals(self, batch: pa.Table, task: str, primary_only: bool = False) -> pa.Table:
+        # Each consulted tool scores the whole catalogue per row: slices of at most SCORE_FLOATS scores per tool keep
+        # every such matrix below glibc's 32 MiB mmap ceiling, so that a freed one is reused from the heap, not
+        # returned to the OS and page-faulted in afresh by the next (on Beauty, 1,024 rows: 65,000 faults a batch,
+        # more system time than scoring; docs/results.md).
+        step = max(1, SCORE_FLOATS // (len(self.vocab) + 1))
+        if batch.num_rows <= step:
+            return self._signals(batch, task, primary_only)
+        return pa.concat_tables([self._signals(batch.slice(lo, step), task, primary_only)
+                                 for lo in range(0, batch.num_rows, step)])
+
+    @torch.inference_mode()
+    def _signals(self, batch: pa.Table, task: str, primary_only: bool) -> pa.Table:
         start = time.perf_counter()
         history = history_sequences(batch, self.vocab)
         primary_name = self.primary[task]

@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -166,6 +167,29 @@ def test_a_row_the_primary_tool_answers_alone_costs_that_tool_only(bundle_uri, s
     columns = ["user_id", "ranked", "confidence", "tools", "trace", "path", "tools_top"]
     planner = PlannerStage(scoring)
     assert planner(lean_rows).select(columns).to_pylist() == planner(full_rows).select(columns).to_pylist()
+
+
+@pytest.mark.parametrize("task", ["sequential", "direct", "ctr"])
+def test_a_batch_scored_in_slices_gets_the_signals_of_one_pass(bundle_uri, synthetic_data, task, monkeypatch):
+    """ToolStage bounds each catalogue-wide score matrix (SCORE_FLOATS); a batch wider than that is scored in
+    slices of rows, with the same items in the same order as in one pass and the same scores up to float rounding
+    (a matrix product's last bits depend on its shape)."""
+    from reasonrec.batch import tool_stage
+
+    scoring = Scoring.load(bundle_uri, CONFIG)
+    rows = HorizonStage(scoring)(stream(requests_for_split(synthetic_data, "test", task, k=10).slice(0, 45)))
+    whole = ToolStage(scoring)(rows)
+    monkeypatch.setattr(tool_stage, "SCORE_FLOATS", 16 * (len(scoring.vocab) + 1))  # slices of 16 rows
+    sliced = ToolStage(scoring)(rows)
+    assert sliced.num_rows == whole.num_rows == 45
+    for name in whole.column_names:
+        if name in ("primary_scores", "pool_scores", "tool_scores", "tool_confidence"):
+            flat = [pc.list_flatten(t.column(name)) if name != "tool_confidence" else t.column(name)
+                    for t in (sliced, whole)]
+            np.testing.assert_allclose(*(np.asarray(f.to_numpy(zero_copy_only=False)) for f in flat), rtol=1e-5,
+                                       err_msg=name)
+        elif name != "latency_ms":
+            assert sliced.column(name).to_pylist() == whole.column(name).to_pylist(), name
 
 
 def test_unknown_user_and_unknown_history_items_are_answered(bundle_uri):
