@@ -10,7 +10,7 @@ import torch
 
 from reasonrec.data.prepared import EvalSet, Sequences
 from reasonrec.metrics import hit_and_ndcg, target_rank
-from reasonrec.scores import majority_vote as vote
+from reasonrec.scores import majority_vote as vote, rows_per_pass
 from reasonrec.tools.base import Tool, exclude_seen
 
 TASKS = ("sequential", "direct", "ctr", "explain")
@@ -19,13 +19,16 @@ Scorer = Callable[[Sequences], torch.Tensor]
 
 
 @torch.no_grad()
-def rank_targets(scorer: Scorer, evalset: EvalSet, task: str, batch_size: int = 1024) -> np.ndarray:
-    """0-based rank of each user's held-out item."""
-    ranks = []
-    for lo in range(0, len(evalset.target), batch_size):
-        rows = np.arange(lo, min(lo + batch_size, len(evalset.target)))
+def rank_targets(scorer: Scorer, evalset: EvalSet, task: str, batch_size: int | None = None) -> np.ndarray:
+    """0-based rank of each user's held-out item. ``batch_size`` None: as many users as fit one pass of scoring
+    over the catalogue (``rows_per_pass``; the first 64 users show the catalogue's width)."""
+    ranks, lo, step = [], 0, batch_size or 64
+    while lo < len(evalset.target):
+        rows = np.arange(lo, min(lo + step, len(evalset.target)))
+        lo += len(rows)
         history = evalset.history.select(rows)
         scores = scorer(history)
+        step = batch_size or rows_per_pass(scores.shape[1])
         if task == "sequential":
             scores = exclude_seen(scores, history)
             ranks.append(target_rank(scores, torch.from_numpy(evalset.target[rows])))

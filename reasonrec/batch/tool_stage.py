@@ -19,11 +19,8 @@ from reasonrec.batch.columns import appended, padded, strings
 from reasonrec.batch.context import Scoring
 from reasonrec.batch.stream import SIGNALS, accepted, history_sequences
 from reasonrec.data.vocab import Vocab
-from reasonrec.scores import majority_vote
+from reasonrec.scores import majority_vote, rows_per_pass
 from reasonrec.tools.base import Tool, exclude_seen
-
-
-SCORE_FLOATS = 1 << 21  # catalogue scores per tool in one pass: 8 MiB of float32
 
 
 class ToolStage:
@@ -51,11 +48,9 @@ class ToolStage:
         return pa.concat_tables(parts)
 
     def signals(self, batch: pa.Table, task: str, primary_only: bool = False) -> pa.Table:
-        # Each consulted tool scores the whole catalogue per row: slices of at most SCORE_FLOATS scores per tool keep
-        # every such matrix below glibc's 32 MiB mmap ceiling, so that a freed one is reused from the heap, not
-        # returned to the OS and page-faulted in afresh by the next (on Beauty, 1,024 rows: 65,000 faults a batch,
-        # more system time than scoring; docs/results.md).
-        step = max(1, SCORE_FLOATS // (len(self.vocab) + 1))
+        # Each consulted tool scores the whole catalogue per row: slices keep each such matrix small enough to be
+        # reused from the heap (reasonrec.scores.SCORE_FLOATS; docs/results.md).
+        step = rows_per_pass(len(self.vocab) + 1)
         if batch.num_rows <= step:
             return self._signals(batch, task, primary_only)
         return pa.concat_tables([self._signals(batch.slice(lo, step), task, primary_only)

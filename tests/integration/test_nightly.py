@@ -171,15 +171,15 @@ def test_a_row_the_primary_tool_answers_alone_costs_that_tool_only(bundle_uri, s
 
 @pytest.mark.parametrize("task", ["sequential", "direct", "ctr"])
 def test_a_batch_scored_in_slices_gets_the_signals_of_one_pass(bundle_uri, synthetic_data, task, monkeypatch):
-    """ToolStage bounds each catalogue-wide score matrix (SCORE_FLOATS); a batch wider than that is scored in
+    """ToolStage bounds each catalogue-wide score matrix (scores.SCORE_FLOATS); a wider batch is scored in
     slices of rows, with the same items in the same order as in one pass and the same scores up to float rounding
     (a matrix product's last bits depend on its shape)."""
-    from reasonrec.batch import tool_stage
+    from reasonrec import scores
 
     scoring = Scoring.load(bundle_uri, CONFIG)
     rows = HorizonStage(scoring)(stream(requests_for_split(synthetic_data, "test", task, k=10).slice(0, 45)))
     whole = ToolStage(scoring)(rows)
-    monkeypatch.setattr(tool_stage, "SCORE_FLOATS", 16 * (len(scoring.vocab) + 1))  # slices of 16 rows
+    monkeypatch.setattr(scores, "SCORE_FLOATS", 16 * (len(scoring.vocab) + 1))  # slices of 16 rows
     sliced = ToolStage(scoring)(rows)
     assert sliced.num_rows == whole.num_rows == 45
     for name in whole.column_names:

@@ -43,3 +43,34 @@ def test_bleu_and_rouge_hand_computed():
     assert text_quality(["a b c d"], ["a b c d e f"])["BLEU-4"] == pytest.approx(100 * np.exp(1 - 6 / 4))
     with pytest.raises(ValueError, match="references"):
         text_quality(["a"], [])
+
+
+@pytest.mark.parametrize("task", ["sequential", "direct"])
+def test_the_evaluator_ranks_the_same_in_passes_sized_by_the_catalogue(task, monkeypatch):
+    """rank_targets sizes its passes by the catalogue's width (reasonrec.scores.SCORE_FLOATS): 1,000 users over 51
+    columns in passes of 7 rows (after a first one of 64) rank exactly as in one pass."""
+    from reasonrec import scores
+    from reasonrec.data.prepared import EvalSet
+    from reasonrec.data.sequences import Sequences
+    from reasonrec.evaluator import rank_targets
+
+    rng = np.random.default_rng(0)
+    users, width = 1000, 51
+    lengths = rng.integers(1, 6, users)
+    history = Sequences(np.array([f"u{i}" for i in range(users)], dtype=object),
+                        np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                        rng.integers(1, width, lengths.sum()).astype(np.int64))
+    table = torch.from_numpy(rng.normal(size=(users, width)).astype(np.float32))
+    seen = []
+
+    def scorer(h):  # a fixed score row per user, whatever the pass it falls in
+        seen.append(len(h))
+        return table[[int(u[1:]) for u in h.user_ids]].clone()
+
+    candidates = rng.integers(1, width, (users, 10)) if task == "direct" else None
+    evalset = EvalSet(history, rng.integers(1, width, users), candidates)
+    whole = rank_targets(scorer, evalset, task, batch_size=users)
+    monkeypatch.setattr(scores, "SCORE_FLOATS", 7 * width)
+    seen.clear()
+    assert (rank_targets(scorer, evalset, task) == whole).all()
+    assert seen[:2] == [64, 7] and sum(seen) == users
