@@ -233,7 +233,7 @@ class Planner:
             aggregator = self.aggregator(name)
             logits = aggregator.logits(tool_scores[:, r], vote[r], vlm[r], confidence[r], horizon[r])
             if aggregator.kind == "ctr":  # a calibrated click probability per candidate
-                scores[r] = np.where(np.isfinite(logits), 1 / (1 + np.exp(-np.nan_to_num(logits))), -np.inf)
+                scores[r] = np.where(np.isfinite(logits), 1 / (1 + np.exp(-np.clip(logits, -500, 500))), -np.inf)
                 out_conf[r] = np.nan_to_num(scores[r], neginf=0.0).max(axis=1)
             else:
                 scores[r] = logits

@@ -169,13 +169,14 @@ def vlm_bundle_uri(bundle_uri, synthetic_data, ray_session):
 
     uri = "s3://reasonrec-test/vlm/bundle"
     copy_files(bundle_uri, uri)
-    # The demo's form (configs/demo_vlm.yaml): item tokens, listings over the tools' shortlist, listwise loss.
+    # The demo's form (configs/demo_vlm.yaml): item tokens, listings over the tools' shortlist with new arrivals in
+    # its last places, listwise loss.
     config = FinetuneConfig(steps=12, warmup_steps=4, batch_size=4, lr=3e-3, log_every=4, eval_users=12,
                             eval_task="sequential,direct", listwise_weight=1.0, distill=0.5,
                             tiny=TinyVLMConfig(vocab_size=1024, identity_values=True),
                             examples=ExamplesConfig(candidates=8, per_user=1, item_tokens=True,
                                                     candidates_from="shortlist", direct_form="listing",
-                                                    random_share=0.3))
+                                                    random_share=0.3, arrivals=2))
     finetune_vlm(synthetic_data.uri, uri, config)
     return uri
 

@@ -15,9 +15,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from reasonrec.arrivals import Arrivals, with_arrivals
 from reasonrec.batch.columns import appended, padded, strings
 from reasonrec.batch.context import Scoring
-from reasonrec.batch.stream import SIGNALS, accepted, history_sequences
+from reasonrec.batch.stream import ASKS_VLM, SIGNALS, accepted, history_sequences
 from reasonrec.data.vocab import Vocab
 from reasonrec.scores import majority_vote, rows_per_pass
 from reasonrec.tools.base import Tool, exclude_seen
@@ -31,6 +32,10 @@ class ToolStage:
         self.names = {task: scoring.tools_for(task) for task in self.primary}
         used = sorted({name for names in self.names.values() for name in names})
         self.tools: dict[str, Tool] = {name: scoring.bundle.load_tool(name, holdout) for name in used}
+        # A VLM tuned on listings whose last places are new arrivals is shown the same (reasonrec.arrivals).
+        tuned = (scoring.bundle.manifest.get("vlm") or {}).get("arrivals")
+        self.places = tuned["places"] if tuned and scoring.config.mode != "tools-only" else 0
+        self.arrivals = Arrivals.from_bundle(scoring.bundle, self.vocab) if self.places else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         ok, task = accepted(batch), strings(batch.column("task"))
@@ -94,15 +99,19 @@ class ToolStage:
         if vote is None:
             columns.update({f.name: pa.nulls(rows, f.type) for f in SIGNALS if f.name not in columns})
         else:
-            columns.update(self._vote(raw, vote, eligible, k))
+            asks_vlm = np.isin(strings(batch.column("plan")), ASKS_VLM) if task != "ctr" else None
+            columns.update(self._vote(raw, vote, eligible, k, history, asks_vlm))
         columns["latency_ms"] = pa.array(np.full(rows, 1000 * (time.perf_counter() - start) / rows), pa.float32())
         return appended(batch, SIGNALS, [columns[field.name] for field in SIGNALS])
 
     def _vote(self, raw: dict[str, torch.Tensor], vote: torch.Tensor, eligible: torch.Tensor | None,
-              k: torch.Tensor) -> dict[str, pa.Array]:
+              k: torch.Tensor, history, asks_vlm: np.ndarray | None) -> dict[str, pa.Array]:
         """The vote's pool and every tool's scores on its shortlist."""
         n = self.shortlist
         pool_scores, pool = _top(vote, eligible, max(int(k.max()), n))
+        if self.places and asks_vlm is not None and asks_vlm.any() and pool.shape[1] >= n:
+            pool = self._with_arrivals(pool, history, eligible, np.flatnonzero(asks_vlm))
+            pool_scores = vote.gather(1, pool.clamp(min=0)).masked_fill(pool < 0, float("-inf"))
         short = pool[:, :n].clamp(min=0)
         padding = ~torch.isfinite(pool_scores[:, :n])
         if short.shape[1] < n:  # fewer eligible items than the shortlist: pad to a fixed width
@@ -117,6 +126,21 @@ class ToolStage:
                 pa.array(tool_scores.permute(1, 0, 2).reshape(-1).numpy(), pa.float32()), len(raw) * n).cast(
                 pa.list_(pa.float32())),
         }
+
+    def _with_arrivals(self, pool: torch.Tensor, history, eligible: torch.Tensor | None,
+                       rows: np.ndarray) -> torch.Tensor:
+        """The pool of the rows the VLM will see with the shortlist's last places given to new arrivals; the vote's
+        items they displace follow the shortlist, ahead of the rest of the pool (one place wider for every row)."""
+        n, f = self.shortlist, self.places
+        out = np.concatenate([pool.numpy(), np.full((pool.shape[0], f), -1)], axis=1)
+        short = out[rows, :n]
+        among = None if eligible is None else eligible.numpy()[rows]
+        picks = self.arrivals.pick(history.select(rows), f, short, among)
+        displaced = np.where(picks >= 0, short[:, n - f:], -1)
+        tail = out[rows, n:-f]
+        out[rows, :n] = with_arrivals(short, picks)
+        out[rows, n:] = np.concatenate([displaced, tail], axis=1)
+        return torch.from_numpy(out)
 
 
 def _top(scores: torch.Tensor, eligible: torch.Tensor | None, k: int) -> tuple[torch.Tensor, torch.Tensor]:

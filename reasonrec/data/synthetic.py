@@ -12,7 +12,8 @@ the seed.
 New arrivals (``new_share`` of the catalogue) reach the shelves at the end of the window, in ``new_window`` waves
 (``new_arrivals``): they can only be among a user's last few purchases, so they have few or no training
 interactions and an ID-only tool knows little of them, while their title (which starts with "New") and image say as
-much as any other item's. Newcomers lean to what is new (a logit pull of ``new_pull`` for a user with at most
+much as any other item's, and the log shows them first bought near the end of the window (every user's timeline
+ends near it). Newcomers lean to what is new (a logit pull of ``new_pull`` for a user with at most
 ``newcomer_len`` purchases, falling as 1/length beyond), loyal customers keep to their series: the new-item rows
 concentrate on the cold users, where the paper sends its VLM.
 """
@@ -116,10 +117,13 @@ def generate(config: SyntheticConfig) -> tuple[pa.Table, pa.Table, dict[str, byt
 
     user_rows = np.repeat(np.arange(config.users), lengths)
     step = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    start = 1_600_000_000 + rng.integers(0, 180 * 86400, config.users)
+    # Every user's timeline ends within a few days of the window's end (the snapshot), earlier purchases spaced back
+    # from there: the newcomers joined late and the new arrivals are first bought late, as in a shop's own log.
+    end = 1_600_000_000 + 180 * 86400 - rng.integers(0, 180 * 86400, config.users) // 30
     gaps = rng.exponential(2 * 86400, len(user_rows)).astype(np.int64) + 60
     frame = pd.DataFrame({"u": user_rows, "i": seqs[user_rows, step], "gap": gaps})
-    frame["ts"] = start[frame["u"]] + frame.groupby("u")["gap"].cumsum()
+    after = frame.groupby("u")["gap"].transform("sum") - frame.groupby("u")["gap"].cumsum()  # time left to its end
+    frame["ts"] = end[frame["u"]] - after
     frame = frame.drop_duplicates(["u", "i"], keep="first")  # a product is bought once
     colour_names = list(COLOURS)
     u, i = frame["u"].to_numpy(), frame["i"].to_numpy()

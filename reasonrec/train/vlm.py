@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from reasonrec import logs, storage
+from reasonrec import arrivals, logs, storage
 from reasonrec.vlm.finetune import FinetuneConfig
 
 logger = logging.getLogger(__name__)
@@ -90,9 +90,13 @@ def finetune_vlm(data_uri: str, bundle_uri: str, config: FinetuneConfig | None =
         with BundleWriter(bundle_uri) as writer:
             # The prompt builder's catalogue (titles, categories, images) travels with the model it was tuned for.
             writer.add_file("catalogue.parquet", storage.parquet_bytes(data.table("items")))
+            places = config.examples.arrivals if config.examples.candidates_from == "shortlist" else 0
+            if places:  # the tool stage lists the new arrivals it was tuned on: from the same training log
+                writer.add_file(arrivals.FILE, storage.parquet_bytes(arrivals.first_bought(data.table("train"))))
             # Whether it learned to explain: from reviews (a share of explain examples over data that has them).
             explains = bool(config.examples.task_shares.get("explain")) and data.explain_rows("train")[0].num_rows > 0
             writer.add_vlm(folder, {"base": base or "tiny", "lora_rank": lora_rank, "training": summary,
+                                    "arrivals": {"places": places, "share": arrivals.SHARE} if places else None,
                                     "examples": examples.num_rows, "explains": explains, "metrics": metrics,
                                     "config": dataclasses.asdict(config),
                                     "train_seconds": round(time.perf_counter() - start, 1)})

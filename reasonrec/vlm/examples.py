@@ -22,6 +22,7 @@ import dataclasses
 import numpy as np
 import pyarrow as pa
 
+from reasonrec.arrivals import Arrivals, first_bought, with_arrivals
 from reasonrec.data.prepared import PreparedData, Sequences
 from reasonrec.horizon import EvidenceHorizon
 from reasonrec.prompts.catalogue import Catalogue, explain_prompt, listing_order
@@ -52,6 +53,12 @@ class ExamplesConfig:
     # With candidates_from shortlist: the share of listing examples over random candidates instead. The shortlist's
     # negatives are all like the history; the random ones keep the coarse signal (popularity, category) learned.
     random_share: float = 0.0
+    # With candidates_from shortlist: the listing's last places given to new arrivals in the user's categories
+    # instead of the vote's items there (reasonrec.arrivals), as the tool stage lists them for a VLM tuned so.
+    arrivals: int = 0
+    # Each such listing whose answer is a new arrival counts this many times: the training log ends before most
+    # arrivals are bought, so they are rare targets in it and common ones in the weeks it is scored on.
+    arrival_repeats: int = 1
     item_tokens: bool = False  # items written (and listings answered) as their own tokens
     direct_form: str = "yes_no"  # "listing": a direct user is one prompt over its candidates, like sequential
     seed: int = 0
@@ -64,6 +71,10 @@ class ExamplesConfig:
             raise ValueError(f"task_shares: unknown tasks {sorted(unknown)} or no positive share; tasks are {TASKS}")
         if not 0 <= self.random_share <= 1:
             raise ValueError(f"random_share must be in [0, 1], got {self.random_share}")
+        if not 0 <= self.arrivals < self.candidates:
+            raise ValueError(f"arrivals must be in [0, candidates={self.candidates}), got {self.arrivals}")
+        if self.arrival_repeats < 1:
+            raise ValueError(f"arrival_repeats must be >= 1, got {self.arrival_repeats}")
         if not 0 <= self.noise <= 1:
             raise ValueError(f"noise must be in [0, 1], got {self.noise}")
         if self.decision not in (None, *DECISIONS):
@@ -175,10 +186,11 @@ def vote_scores(tools: dict, history: Sequences, candidates: np.ndarray) -> np.n
     return np.concatenate(parts) if parts else np.zeros(candidates.shape, dtype=np.float32)
 
 
-def listed_shortlists(tools, history, target, pool, config) -> tuple[dict, dict]:
+def listed_shortlists(tools, history, target, pool, config, arrivals=None) -> tuple[dict, dict]:
     """Per listing task, the (U, n) shortlist the tool stage hands the VLM stage (the vote's top n, over the catalogue
-    without the history for sequential, over each row's ``pool`` for direct), in each user's listing order, and the
-    positive's position (-1: the shortlist misses it). One vote per user serves both tasks."""
+    without the history for sequential, over each row's ``pool`` for direct; its last ``config.arrivals`` places
+    given to ``arrivals``' picks), in each user's listing order, and the positive's position (-1: the shortlist
+    misses it). One vote per user serves both tasks."""
     from reasonrec.tools.base import exclude_seen
 
     n = config.candidates
@@ -191,6 +203,10 @@ def listed_shortlists(tools, history, target, pool, config) -> tuple[dict, dict]
         short["direct"].append(np.take_along_axis(rows_pool, top, axis=1))
         # A copy: the slice of a view would keep every chunk's whole (users x catalogue) ordering alive.
         short["sequential"].append(np.argsort(-exclude_seen(vote, rows).numpy(), axis=1, kind="stable")[:, :n].copy())
+        if arrivals is not None and config.arrivals:
+            f = config.arrivals
+            for task, among in (("direct", rows_pool), ("sequential", None)):
+                short[task][-1] = with_arrivals(short[task][-1], arrivals.pick(rows, f, short[task][-1], among))
     order = np.stack([listing_order(str(u), n) for u in history.user_ids])
     listed, found = {}, {}
     for task, parts in short.items():
@@ -268,13 +284,18 @@ def _build(data, split, horizon, tools, config, decision, tasks, every_candidate
     # Direct is listed like sequential (one prompt, a label per candidate) unless it is asked yes/no per candidate.
     listing = (task == "sequential") | ((task == "direct") & (config.direct_form == "listing"))
     if config.candidates_from == "shortlist" and names and users:
+        arrivals = Arrivals(data.table("items"), first_bought(data.table("train")), data.item_vocab) \
+            if config.arrivals else None
         listed, found = listed_shortlists(tools, history, target, _direct_pool(data, split, history, target, keep,
-                                                                               config, rng), config)
+                                                                               config, rng), config, arrivals)
         shortlisted = rng.random(users) >= config.random_share
         for t in ("sequential", "direct"):
             rows = (task == t) & shortlisted
             candidates[rows], position[rows] = listed[t][rows], found[t][rows]
         kept = np.flatnonzero(~listing | (position >= 0))  # a target the shortlist misses: nothing to learn
+        if arrivals is not None and config.arrival_repeats > 1:
+            arrived = kept[(listing & shortlisted & (arrivals.position[target] >= 0))[kept]]
+            kept = np.sort(np.concatenate([kept, np.repeat(arrived, config.arrival_repeats - 1)]))
         history, target, task, candidates, position, listing = (
             history.select(kept), target[kept], task[kept], candidates[kept], position[kept], listing[kept])
         users = len(target)

@@ -5,6 +5,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
+from conftest import PLANNER_SCORE
 from reasonrec.bundle import Bundle
 from reasonrec.data.prepared import Sequences
 from reasonrec.horizon import EvidenceHorizon
@@ -219,10 +220,13 @@ def test_shipped_recipe_and_cli_flags_make_one_config():
     assert config.examples.task_shares == {"direct": 1.0}
 
 
-def test_a_served_prompt_is_the_prompt_the_vlm_was_tuned_on(synthetic_data, horizon, tools, bundle_uri):
+@pytest.mark.parametrize("arrivals", [0, 2])
+def test_a_served_prompt_is_the_prompt_the_vlm_was_tuned_on(synthetic_data, horizon, tools, bundle_uri, vlm_bundle_uri,
+                                                            arrivals):
     """Train what is served: for the same test user, the R-VIT example and the prompt the nightly job's VLM stage
     writes from the tool stage's shortlist share template, candidates (the vote's top N in the user's listing
-    order), labels (the items' own tokens) and deliberation lines, character for character."""
+    order; with ``arrivals``, its last places new arrivals, as the VLM of ``vlm_bundle_uri`` was tuned),
+    labels (the items' own tokens) and deliberation lines, character for character."""
     import pyarrow as pa
 
     from reasonrec.batch.config import ScoreConfig
@@ -232,10 +236,13 @@ def test_a_served_prompt_is_the_prompt_the_vlm_was_tuned_on(synthetic_data, hori
     from reasonrec.batch.vlm_stage import PromptBuilder
     from reasonrec.prompts.catalogue import Catalogue
 
-    n = 8
+    n = PLANNER_SCORE.shortlist
     config = ExamplesConfig(candidates=n, max_history=3, candidates_from="shortlist", item_tokens=True,
-                            direct_form="listing", decision="answer", noise=0.0, seed=3)
-    scoring = Scoring.load(bundle_uri, ScoreConfig(mode="tools-only", shortlist=n))
+                            direct_form="listing", decision="answer", noise=0.0, seed=3, arrivals=arrivals)
+    # vlm-only: every row asks the VLM, so the tool stage lists what that VLM was tuned on
+    scoring = Scoring.load(vlm_bundle_uri, dataclasses.replace(PLANNER_SCORE, mode="vlm-only")) if arrivals \
+        else Scoring.load(bundle_uri, ScoreConfig(mode="tools-only", shortlist=n))
+    assert not arrivals or scoring.bundle.manifest["vlm"]["arrivals"]["places"] == arrivals
     assert scoring.tools_for("sequential") == list(tools)
     catalogue = Catalogue(synthetic_data.table("items"), synthetic_data.item_vocab, item_tokens=True)
     builder = PromptBuilder(catalogue, scoring.vocab, "sequential-01", 3, direct_template_id="direct-11")
@@ -245,7 +252,8 @@ def test_a_served_prompt_is_the_prompt_the_vlm_was_tuned_on(synthetic_data, hori
         assert len(chosen) >= 3
         requests = requests_for_split(synthetic_data, "test", task, k=5)
         requests = requests.filter(pc.is_in(requests["user_id"], value_set=pa.array([e["user_id"] for e in chosen])))
-        served, _ = builder.rows(LocalPipeline(scoring, decide=False)(requests), n)
+        signals = LocalPipeline(scoring, decide=False)(requests)
+        served, _ = builder.rows(signals, n)
         by_user = {p["user_id"]: p for p in served}
         for e in chosen:
             p = by_user[e["user_id"]]
@@ -254,6 +262,12 @@ def test_a_served_prompt_is_the_prompt_the_vlm_was_tuned_on(synthetic_data, hori
             assert (p["template_id"], p["prompt"], p["labels"], p["context"]) == (
                 e["template_id"], e["prompt"], e["labels"], e["context"])
             assert e["answer"] in p["labels"] and p["labels"][0].startswith("<|item:")
+        if arrivals:  # some users are listed a new arrival the vote alone would not list
+            vote = LocalPipeline(Scoring.load(bundle_uri, ScoreConfig(mode="tools-only", shortlist=n)),
+                                 decide=False)(requests)
+            plain = {u: set(p[:n]) for u, p in zip(vote["user_id"].to_pylist(), vote["pool"].to_pylist())}
+            assert any(set(p[:n]) != plain[u] for u, p in zip(signals["user_id"].to_pylist(),
+                                                             signals["pool"].to_pylist()))
 
 
 def test_an_explain_request_is_asked_as_the_vlm_was_tuned(synthetic_data, horizon, bundle_uri):
