@@ -55,9 +55,6 @@ class FinetuneConfig:
     # embeddings' own is about 0.02 * sqrt(hidden)).
     item_token_tool: str | None = None
     item_token_scale: float = 1.0
-    # Plus each item's image (a standardised thumbnail, fixed) through a projection of its own, at this share of the
-    # rows' norm: an item no tool has seen gets a row from what it looks like (0: the tool's embeddings alone).
-    item_token_image: float = 0.0
     # Steps on the tasks' short warm-up form before the R-VIT schedule (each stage has its own one-cycle lr). A
     # model trained from scratch learns to compare items there first; a pretrained checkpoint needs none.
     warmup_steps: int = 0
@@ -279,7 +276,7 @@ def tiny_base(data, config: FinetuneConfig, into: Path, bundle=None) -> Path:
         if name is None:
             raise ValueError(f"item tokens: the bundle has none of {ITEM_TOKEN_TOOLS} (set item_token_tool)")
         added = add_catalogue_tokens(model, processor.tokenizer, data, bundle.load_tool(name),
-                                     config.item_token_scale, config.seed, config.item_token_image)
+                                     config.item_token_scale, config.seed)
         logger.info(f"item tokens: {added} items, rows from {name}'s item embeddings")
     save(model, processor, into)
     return into

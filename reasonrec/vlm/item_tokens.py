@@ -57,38 +57,9 @@ def add_item_tokens(model, tokenizer, item_ids: list[str], rows: np.ndarray) -> 
     return ids
 
 
-THUMBNAIL = 8  # side of the image descriptor's thumbnail
-
-
-def image_descriptors(items, vocab, n: int) -> np.ndarray:
-    """(n, 3 * THUMBNAIL^2) per item index 1..n: its image as an RGB thumbnail, each value standardised over the
-    catalogue's images; zeros for an item without an image. A fixed visual feature, no learning: what a product shot
-    shows at a glance (its colours, where they are), so that two items that look alike get rows that point alike."""
-    import io
-
-    from PIL import Image
-
-    from reasonrec import storage
-
-    out = np.zeros((n, 3 * THUMBNAIL * THUMBNAIL), dtype=np.float64)
-    index = vocab.index(items.column("item_id"))
-    uris = items.column("image_uri").to_pylist() if "image_uri" in items.column_names else [None] * len(index)
-    has = np.zeros(n, dtype=bool)
-    for i, uri in zip(index, uris):  # decoding: once per item
-        if i > 0 and uri:
-            image = Image.open(io.BytesIO(storage.read_bytes(uri))).convert("RGB").resize((THUMBNAIL, THUMBNAIL))
-            out[i - 1], has[i - 1] = np.asarray(image, dtype=np.float64).reshape(-1) / 255.0, True
-    if has.any():
-        mean, std = out[has].mean(axis=0), out[has].std(axis=0)
-        out[has] = (out[has] - mean) / np.where(std > 0, std, 1.0)
-    return out
-
-
-def add_catalogue_tokens(model, tokenizer, data, tool, scale: float, seed: int = 0, image_weight: float = 0.0) -> int:
+def add_catalogue_tokens(model, tokenizer, data, tool, scale: float, seed: int = 0) -> int:
     """A token for every item of the prepared catalogue, rows from ``tool``'s item embeddings; returns the count.
-    Warm items are those with training interactions; the group of a cold item is its first category.
-    ``image_weight``: plus the item's image descriptor through a projection of its own, with this mean norm
-    relative to ``scale``: a new item that no tool knows still gets a row of its own, from what it looks like."""
+    Warm items are those with training interactions; the group of a cold item is its first category."""
     if not hasattr(tool, "item_emb"):
         raise ValueError(f"item tokens: tool {type(tool).__name__} has no item embeddings (item_emb)")
     n = data.n_items
@@ -101,7 +72,5 @@ def add_catalogue_tokens(model, tokenizer, data, tool, scale: float, seed: int =
     groups[index[index > 0] - 1] = np.asarray(first, dtype=object)[index > 0]
     width = model.get_input_embeddings().weight.shape[1]
     rows = initial_rows(vectors, warm, groups, width, scale, seed)
-    if image_weight:
-        rows = rows + project(image_descriptors(items, data.item_vocab, n), width, image_weight * scale, seed + 1)
     add_item_tokens(model, tokenizer, data.item_vocab.lookup(np.arange(1, n + 1)).tolist(), rows)
     return n

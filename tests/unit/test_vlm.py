@@ -100,29 +100,6 @@ def test_item_tokens_start_from_the_tool_vectors_and_survive_export(synthetic_da
     torch.testing.assert_close(reloaded.get_output_embeddings().weight[ids], model.get_output_embeddings().weight[ids])
 
 
-def test_image_descriptors_point_alike_for_items_that_look_alike(tmp_path):
-    """The visual half of an item token: a standardised thumbnail per item; the same picture gives the same row, a
-    different colour a different one, an item without an image zeros."""
-    import pyarrow as pa
-
-    from reasonrec.data.synthetic import draw_item
-    from reasonrec.data.vocab import Vocab
-    from reasonrec.vlm.item_tokens import image_descriptors
-
-    style = np.array([0.5, -0.5, 0.2, 1.0])
-    shots = {"a": draw_item("Crimson", "round", style), "b": draw_item("Crimson", "round", style),
-             "c": draw_item("Teal", "square", -style)}
-    for name, png in shots.items():
-        (tmp_path / f"{name}.png").write_bytes(png)
-    items = pa.table({"item_id": ["a", "b", "c", "d"],
-                      "image_uri": [str(tmp_path / f"{n}.png") for n in "abc"] + [None]})
-    vocab = Vocab(np.array(["a", "b", "c", "d"], dtype=object), offset=1)
-    d = image_descriptors(items, vocab, 4)
-    np.testing.assert_allclose(d[0], d[1])
-    assert d[0] @ d[1] > 0 > d[0] @ d[2]
-    assert not d[3].any()
-
-
 def test_identity_values_make_the_first_layer_copy(synthetic_data):
     model, _ = build_tiny(["a title"], TinyVLMConfig(vocab_size=1024, identity_values=True))
     attention = model.model.text_model.layers[0].self_attn
