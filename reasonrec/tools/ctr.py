@@ -1,10 +1,10 @@
 """Shared part of the CTR tools (DCNv2, xDeepFM): BARS-style fields, binary cross-entropy, candidate scoring.
 
 A CTR tool predicts P(click) for (user, item) given the user's history. Its fields, each embedded in ``dim``: the
-user (when ``user_field``), the item, the item's attributes (mean of their embeddings), brand and price bucket (0
-where the data has none), the history's items and the history's attributes (means over the most recent
-``history_len`` purchases; item and attribute tables shared with the item fields). A subclass turns the (B, fields,
-dim) embeddings into one logit.
+user (when ``user_field``), the item (empty for an item never clicked in training), the item's attributes (mean of
+their embeddings), brand and price bucket (0 where the data has none), the history's items and the history's
+attributes (means over the most recent ``history_len`` purchases; item and attribute tables shared with the item
+fields). A subclass turns the (B, fields, dim) embeddings into one logit.
 
 CTR tools answer ``ctr`` requests (``tasks``): they score given candidates (``score_candidates``), not the whole
 catalogue, and are selected on validation AUC. The catalogue's features travel in the tool's state (buffers), so a
@@ -47,6 +47,12 @@ class CTRConfig(ToolConfig):
     # the held-out click is a later item (Beauty, resampled negatives: validation AUC 0.818 with it, 0.833 without;
     # test 0.779 / 0.803). The user is still described by the history fields.
     user_field: bool = False
+    # Items never clicked in training reach a model only as negatives: one that reads their id learns "never
+    # clicked" and gives a new item's click a probability near 0 (the demo catalogue, whose new arrivals are about
+    # half of the test clicks: test LogLoss above 1, worse than a constant). Such items are scored with an empty id
+    # field, by their attributes, brand and price; in training this share of rows hides its item's id the same way,
+    # so the empty field is learned at the rate clicks have. Measured: docs/results.md (issue 20).
+    item_id_dropout: float = 0.1
     # Catalogue sizes, from the data at training time (``sized``), saved with the model.
     attrs: int = 0
     max_attrs: int = 8
@@ -72,6 +78,13 @@ class CTRTool(Tool):
         self.register_buffer("item_attrs", torch.zeros(n_items + 1, config.max_attrs, dtype=torch.long))
         self.register_buffer("item_brand", torch.zeros(n_items + 1, dtype=torch.long))
         self.register_buffer("item_price", torch.zeros(n_items + 1, dtype=torch.long))
+        self.register_buffer("item_clicked", torch.zeros(n_items + 1, dtype=torch.bool))  # in training
+
+    def load_state_dict(self, state: dict, strict: bool = True, assign: bool = False):
+        # A bundle written before ``item_clicked`` existed scored every item by its id: it keeps doing so.
+        if "item_clicked" not in state:
+            state = {**state, "item_clicked": torch.ones(self.n_items + 1, dtype=torch.bool)}
+        return super().load_state_dict(state, strict, assign)
 
     @classmethod
     def sized(cls, config: CTRConfig, features: ItemFeatures) -> CTRConfig:
@@ -88,6 +101,8 @@ class CTRTool(Tool):
         self.item_attrs.copy_(torch.from_numpy(features.attrs))
         self.item_brand.copy_(torch.from_numpy(features.brand))
         self.item_price.copy_(torch.from_numpy(features.price))
+        self.item_clicked.zero_()
+        self.item_clicked[torch.from_numpy(train.items[train.labels > 0])] = True
 
     def training_batches(self, train: CTRSet, rng: np.random.Generator) -> Iterator[dict]:
         items = self.fresh_negatives(train, rng) if self.config.resample_negatives else train.items
@@ -95,7 +110,8 @@ class CTRTool(Tool):
         for lo in range(0, len(order), self.config.batch_size):
             rows = order[lo:lo + self.config.batch_size]
             yield {**self.row_inputs(train.history, rows), "items": torch.from_numpy(items[rows]),
-                   "labels": torch.from_numpy(train.labels[rows])}
+                   "labels": torch.from_numpy(train.labels[rows]),
+                   "hide_id": torch.from_numpy(rng.random(len(rows)) < self.config.item_id_dropout)}
 
     def fresh_negatives(self, train: CTRSet, rng: np.random.Generator) -> np.ndarray:
         """``train.items`` with every negative row's item redrawn among the items its user never clicked in
@@ -111,7 +127,7 @@ class CTRTool(Tool):
         return items
 
     def forward(self, batch: dict) -> torch.Tensor:
-        fields = self.fields(batch["users"], batch["history"], batch["items"])
+        fields = self.fields(batch["users"], batch["history"], batch["items"], batch["hide_id"])
         loss = F.binary_cross_entropy_with_logits(self.head(fields), batch["labels"])
         return loss + self.config.embedding_reg * fields.pow(2).sum(dim=(1, 2)).mean()
 
@@ -153,8 +169,9 @@ class CTRTool(Tool):
         return self.score_candidates(history, items)
 
     # -- fields
-    def fields(self, users: torch.Tensor, history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        return self.combine(self.row_fields(users, history), self.item_fields(items))
+    def fields(self, users: torch.Tensor, history: torch.Tensor, items: torch.Tensor,
+               hide_id: torch.Tensor | None = None) -> torch.Tensor:
+        return self.combine(self.row_fields(users, history), self.item_fields(items, hide_id))
 
     def row_fields(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         """The user's fields: (B, 3, dim) user, history items, history attributes."""
@@ -166,9 +183,11 @@ class CTRTool(Tool):
         user = self.user_emb(users) if self.config.user_field else torch.zeros_like(items)
         return torch.stack([user, items, attrs], dim=1)
 
-    def item_fields(self, items: torch.Tensor) -> torch.Tensor:
-        """The candidate's fields: (B, 4, dim) item, attributes, brand, price bucket."""
-        return torch.stack([self.item_emb(items), self.attrs_of(items), self.brand_emb(self.item_brand[items]),
+    def item_fields(self, items: torch.Tensor, hide_id: torch.Tensor | None = None) -> torch.Tensor:
+        """The candidate's fields: (B, 4, dim) item (empty, the padding row, for an item never clicked in training
+        or where ``hide_id``), attributes, brand, price bucket."""
+        shown = self.item_clicked[items] if hide_id is None else self.item_clicked[items] & ~hide_id
+        return torch.stack([self.item_emb(items * shown), self.attrs_of(items), self.brand_emb(self.item_brand[items]),
                             self.price_emb(self.item_price[items])], dim=1)
 
     def attrs_of(self, items: torch.Tensor) -> torch.Tensor:

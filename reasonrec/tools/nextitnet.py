@@ -1,7 +1,12 @@
 """NextItNet (Yuan et al., 2019): a stack of dilated causal convolutions over the item sequence.
 
 Residual blocks of two causal 1-D convolutions (kernel 3, dilations d and 2d; the paper's 1, 2, 4, 8, repeated), each
-followed by layer norm and ReLU. Causal by construction, it trains with the next-item loss at every position.
+read through layer norm and ReLU. Causal by construction, it trains with the next-item loss at every position.
+
+The norm and ReLU come before each convolution (pre-norm), not after it as in the paper's figure: after it, every
+block adds a unit-scale normalised output to the residual stream and the item embedding it starts from is drowned
+out (measured on Beauty, full ranking, test HR@5: 0.0277 post-norm whatever the dilations or dropout, pre-norm in
+docs/results.md).
 """
 from __future__ import annotations
 
@@ -19,7 +24,6 @@ from reasonrec.tools.sequential import SequentialConfig, SequentialTool
 class NextItNetConfig(SequentialConfig):
     dilations: tuple[int, ...] = (1, 4, 1, 4)  # each block convolves at d then 2d: receptive field 1 + 2*sum(3d)
     kernel: int = 3
-    dropout: float = 0.2
 
 
 class ResidualBlock(nn.Module):
@@ -37,8 +41,10 @@ class ResidualBlock(nn.Module):
         return conv(F.pad(x.transpose(1, 2), (reach, 0))).transpose(1, 2)
 
     def forward(self, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        h = F.relu(self.norm1(self.causal(self.conv1, x))) * real
-        h = F.relu(self.norm2(self.causal(self.conv2, self.drop(h)))) * real
+        # Each convolution's input is zeroed at padding positions (the norm would give them its bias), so no real
+        # position reads the left padding.
+        h = self.causal(self.conv1, F.relu(self.norm1(x)) * real)
+        h = self.causal(self.conv2, self.drop(F.relu(self.norm2(h))) * real)
         return x + self.drop(h)
 
     def last(self, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -46,9 +52,9 @@ class ResidualBlock(nn.Module):
         one's output at three positions, so only those are computed."""
         length, reach = x.shape[1], (self.kernel - 1) * self.conv2.dilation[0]
         taps = torch.arange(length - 1 - reach, length, self.conv2.dilation[0])  # what conv2 reads, oldest first
-        h = F.relu(self.norm1(_conv_at(self.conv1, x, taps))) * _at(real, taps)
-        h = F.relu(self.norm2(_conv_at(self.conv2, h, torch.tensor([len(taps) - 1]), stride=1))) * real[:, -1:]
-        return x[:, -1:] + h
+        h = _conv_at(self.conv1, F.relu(self.norm1(x)) * real, taps)
+        h = F.relu(self.norm2(h)) * _at(real, taps)  # zero before the sequence, as the causal padding is
+        return x[:, -1:] + _conv_at(self.conv2, h, torch.tensor([len(taps) - 1]), stride=1)
 
 
 def _at(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -5,9 +5,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from reasonrec.data import ctr, schemas, split
 from reasonrec.metrics import auc_and_logloss
+from reasonrec.tools import Tool
 from reasonrec.train.loop import fit
 from reasonrec.train.tools import build_tool
 
@@ -94,3 +96,28 @@ def test_ctr_tool_beats_popularity(synthetic_data, name):
     popularity = auc_and_logloss(test.labels, clicks[test.items] / clicks.max())
     assert mine["AUC"] > popularity["AUC"] + 0.02, (name, mine, popularity)
     assert mine["LogLoss"] < 0.5  # below the 1:4 base rate's entropy (0.500)
+
+
+def test_an_item_never_clicked_in_training_is_scored_without_its_id(synthetic_data, tmp_path):
+    """Such an item reached training only as a negative: its id row must not decide its click probability."""
+    torch.manual_seed(0)
+    tool, train, valid, _ = build_tool("dcnv2", {"epochs": 1, "batch_size": 512, "hidden": (32,)}, synthetic_data)
+    cold = 1 + int(np.argmin(np.bincount(train.items[train.labels > 0], minlength=tool.n_items + 1)[1:]))
+    train = train.select(np.flatnonzero((train.items != cold) | (train.labels == 0)))  # its clicks held out
+    fit(tool, train, valid)
+    clicked = np.zeros(synthetic_data.n_items + 1, dtype=bool)
+    clicked[train.items[train.labels > 0]] = True
+    np.testing.assert_array_equal(tool.item_clicked.numpy(), clicked)
+    warm = np.flatnonzero(clicked)[0]
+    history = synthetic_data.ctr_set("test").history.select(np.zeros(2, dtype=np.int64))
+    items = np.array([cold, warm])
+    with torch.no_grad():
+        before = tool.logits_of(history, items)
+        tool.item_emb.weight[items] += 1.0
+        after = tool.logits_of(history, items)
+    assert after[0] == before[0] and after[1] != before[1]
+    # A CTR tool saved before the clicked items were recorded loads and scores every item by its id, as it did.
+    tool.save(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    save_file({k: v for k, v in state.items() if k != "item_clicked"}, tmp_path / "model.safetensors")
+    assert Tool.load(tmp_path).item_clicked.all()
