@@ -12,6 +12,7 @@ import dataclasses
 import json
 
 import pyarrow as pa
+import torch
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse, Response
 from ray import serve
@@ -55,6 +56,7 @@ api.add_middleware(BodyLimit)
 @serve.deployment
 class ToolScorer:
     def __init__(self, bundle_uri: str, config: ScoreConfig, batch_size: int, wait_s: float):
+        torch.set_num_threads(config.torch_threads)
         self.answer = ToolAnswerer(Scoring.load(bundle_uri, config))
         self.recommend.set_max_batch_size(batch_size)
         self.recommend.set_batch_wait_timeout_s(wait_s)

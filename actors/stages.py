@@ -3,6 +3,7 @@ bundle is read there, not shipped through the object store) and calls it on ever
 from __future__ import annotations
 
 import pyarrow as pa
+import torch
 
 from reasonrec.batch.config import ScoreConfig
 from reasonrec.batch.context import Scoring
@@ -33,6 +34,10 @@ class HorizonActor(StageActor):
 class ToolActor(StageActor):
     """Every consulted classical tool scores each row once (CPU pool)."""
     stage_class = ToolStage
+
+    def __init__(self, bundle_uri: str, config: ScoreConfig):
+        torch.set_num_threads(config.torch_threads)
+        super().__init__(bundle_uri, config)
 
 
 class VLMActor(StageActor):

@@ -9,7 +9,7 @@ measures the VLM routes). "direct" reads the same shards and runs the same Horiz
 in this process, batch by batch; "job" is the whole Ray Data job (plan, actor start-up and bundle loads, streaming,
 commit) on an already started local Ray. Their ratio is what Ray costs. Peak memory is the proportional set size
 (PSS, shared pages split between processes) of this process and all its descendants (the local Ray cluster), sampled
-every 0.5 s, minus the same sum just before the job: streaming means doubling the requests must not double it.
+every 2 s, minus the same sum just before the job: streaming means doubling the requests must not double it.
 """
 from __future__ import annotations
 
@@ -53,18 +53,56 @@ def pss_bytes(pids: list[int]) -> int:
     return total
 
 
+def cpu_seconds(pid: int) -> tuple[str, float] | None:
+    """A process's title (Ray names its workers by what they run, e.g. ``ray::MapWorker(MapBatches(ToolActor))``)
+    and its user + system CPU seconds so far."""
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return title.rsplit("/", 1)[-1][:60], (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class PeakMemory:
-    def __init__(self):
+    """Peak PSS of this process and its descendants, and the CPU seconds each of them spent meanwhile."""
+
+    def __init__(self, every_s: float = 2.0):
+        # Reading smaps_rollup walks every page table: every 0.5 s it cost this process ~0.17 of a core (py-spy),
+        # taken from the job it measures.
+        self.every_s = every_s
         self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._first: dict[int, float] = {}
+        self._last: dict[int, tuple[str, float]] = {}
+
+    def _sample(self, pids: list[int], baseline: bool = False):
+        """``baseline``: the processes running before the job count from their CPU so far, later ones from 0."""
+        for pid in pids:
+            seen = cpu_seconds(pid)
+            if seen is not None:
+                self._first.setdefault(pid, seen[1] if baseline else 0.0)
+                if seen[0].startswith("ray::IDLE") and pid in self._last:  # a worker keeps the name of its work
+                    seen = (self._last[pid][0], seen[1])
+                self._last[pid] = seen
 
     def _run(self):
         while not self._stop.is_set():
-            self.peak = max(self.peak, pss_bytes(descendants(os.getpid())))
-            time.sleep(0.5)
+            pids = descendants(os.getpid())
+            self.peak = max(self.peak, pss_bytes(pids))
+            self._sample(pids)
+            self._stop.wait(self.every_s)
+        self._sample(descendants(os.getpid()))
+
+    def cpu_by_title(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for pid, (title, seconds) in self._last.items():
+            out[title] = out.get(title, 0.0) + seconds - self._first.get(pid, 0.0)
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
     def __enter__(self):
+        self._sample(descendants(os.getpid()), baseline=True)
         self._thread.start()
         return self
 
@@ -73,7 +111,7 @@ class PeakMemory:
         self._thread.join()
 
 
-def direct(shards: list[str], bundle, config, threads: int) -> float:
+def direct(shards: list[str], bundle, config, threads: int) -> tuple[float, float]:
     """The same stages, in this process, no Ray, with every core for torch."""
     from reasonrec.batch.context import Scoring
     from reasonrec.batch.horizon_stage import HorizonStage
@@ -84,12 +122,12 @@ def direct(shards: list[str], bundle, config, threads: int) -> float:
     scoring = Scoring(bundle, config)
     horizon, tools, planner = HorizonStage(scoring), ToolStage(scoring), PlannerStage(scoring)
     torch.set_num_threads(threads)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for shard in shards:
         table = horizon(read_shard(shard))
         for lo in range(0, table.num_rows, config.batch_size):
             planner(tools(table.slice(lo, config.batch_size)))
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def repeated(requests: pa.Table, times: int) -> pa.Table:
@@ -136,7 +174,7 @@ def main() -> None:
             requests = f"{tmp}/requests-x{scale}"
             write_requests(repeated(base, scale), requests, shard_rows=5000)
             shards = list_shards(requests)
-            direct_s = direct(shards, bundle, config, args.direct_threads)
+            direct_s, direct_cpu = direct(shards, bundle, config, args.direct_threads)
             idle = pss_bytes(descendants(os.getpid()))
             with PeakMemory() as memory:
                 start = time.perf_counter()
@@ -144,6 +182,12 @@ def main() -> None:
                 job_s = time.perf_counter() - start
             assert manifest["rows_out"] == base.num_rows * scale, manifest
             rows.append((scale, base.num_rows * scale, job_s, direct_s, (memory.peak - idle) / 2**20))
+            cpu = memory.cpu_by_title()
+            print(f"x{scale}: CPU seconds, direct {direct_cpu:.1f} in {direct_s:.1f} s; job {sum(cpu.values()):.1f} "
+                  f"in {job_s:.1f} s, by process:")
+            for title, seconds in cpu.items():
+                if seconds >= 0.05:
+                    print(f"  {seconds:8.1f}  {title}")
             time.sleep(3)  # let idle actors go before the next scale's baseline
     print(f"\n{args.task} on {args.data}: batch {config.batch_size}, {config.tool_actors} tool actor(s) "
           f"x {config.tool_actor_cpus} CPU x {config.torch_threads} torch thread(s); direct: "

@@ -4,14 +4,15 @@
                                     [--concurrency 8] [--rate 100] [--plan 0.3,0.7,0.1,tool]
                                     [--sweep 50,100,200,400 --vlm-sweep 5,10,20,40] [--overload-seconds 30]
 
-Starts on 127.0.0.1 first a no-op app of the same shape (the floor: what Serve itself costs here), then the
-app (`reasonrec serve`'s code), and sends to each a fixed number of requests at a fixed
-concurrency (optionally paced to ``--rate`` req/s) for two kinds of users of the test split: those the fitted
-planner answers with the tools (route low) and those it sends to the VLM. Latency is measured at the client.
-``--sweep`` / ``--vlm-sweep`` then offer each path a series of open-loop rates and report the highest one whose p99
-stays under 100 ms with nothing shed (a 503 from ``ServeConfig.ingress_max_queued``). ``--overload-seconds`` then
-offers the tools path 3x that rate (the app must shed the excess with fast 503s, keep the accepted requests' p99
-near the sustainable one, and its memory bounded) and right after the sustainable rate again (it must recover).
+Starts on 127.0.0.1 the app (`reasonrec serve`'s code) and beside it a no-op app of the same shape (the floor:
+what Serve itself costs here), and sends a fixed number of requests at a fixed concurrency (optionally paced to
+``--rate`` req/s) for two kinds of users of the test split: those the fitted planner answers with the tools (route
+low), in ``--passes`` passes alternating with the floor, and those it sends to the VLM. Latency is measured at
+the client. ``--sweep`` / ``--vlm-sweep`` then offer each path a series of open-loop rates and report the highest
+one whose p99 stays under 100 ms with nothing shed (a 503 from ``ServeConfig.ingress_max_queued``).
+``--overload-seconds`` then offers the tools path 3x that rate (the app must shed the excess with fast 503s, keep
+the accepted requests' p99 near the sustainable one, and its memory bounded) and right after the sustainable rate
+again (it must recover).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import tempfile
 
 import numpy as np
 
-from reasonrec.serve.loadgen import load, overload, repeat, sustainable, sweep
+from reasonrec.serve.loadgen import interleaved, load, overload, repeat, sustainable, sweep
 
 
 def free_port() -> int:
@@ -78,6 +79,8 @@ def main() -> None:
     parser.add_argument("--vlm-requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rate", type=float, default=100.0, help="paced arrivals, req/s (0: as fast as possible)")
+    parser.add_argument("--passes", type=int, default=5,
+                        help="the floor and the tools path measured in this many alternating passes, pooled")
     parser.add_argument("--backend", default="auto", choices=("auto", "transformers", "vllm"))
     parser.add_argument("--replicas", type=int, default=1,
                         help="fixed replicas per deployment (0: ServeConfig's autoscaling); 1 fits 2 cores")
@@ -132,25 +135,28 @@ def main() -> None:
         fixed = {"min_replicas": args.replicas, "max_replicas": args.replicas}
         config = dataclasses.replace(config, ingress_replicas=fixed, tool_replicas=fixed, vlm_replicas=fixed)
     url = f"http://127.0.0.1:{port}/v1/recommend"
+    floor_url = f"http://127.0.0.1:{port}/floor/v1/recommend"
     rows = []
-    if bodies["tools (route low)"]:
-        serve.run(floor_app(config.tool_batch_size, config.tool_batch_wait_s), name="floor", route_prefix="/")
-        pool = repeat(bodies["tools (route low)"], args.requests)
-        load(url, pool[:20], args.concurrency, None)
-        rows.append(("floor (no-op app)", load(url, pool, args.concurrency, args.rate or None)))
-        serve.delete("floor")
     serve.run(build(config, args.bundle), name="reasonrec", route_prefix="/")
     print(f"app up on {url}; {len(bodies['tools (route low)'])} route-low and "
           f"{len(bodies['VLM (route medium/high)'])} VLM-routed test users")
-    for kind, count in (("tools (route low)", args.requests), ("VLM (route medium/high)", args.vlm_requests)):
-        if not count:
-            continue
-        if not bodies[kind]:
-            print(f"{kind}: no such users under the bundle's fitted plan")
-            continue
-        pool = repeat(bodies[kind], count)
+    if bodies["tools (route low)"] and args.requests:
+        # The floor beside the app, and the two measured in alternating passes (loadgen.interleaved).
+        serve.run(floor_app(config.tool_batch_size, config.tool_batch_wait_s), name="floor", route_prefix="/floor")
+        pool = repeat(bodies["tools (route low)"], args.requests)
+        for warm in (floor_url, url):
+            load(warm, pool[:100], args.concurrency, None)
+        paths = {"floor (no-op app)": floor_url, "tools (route low)": url}
+        rows += interleaved(paths, pool, args.concurrency, args.rate or None, args.passes).items()
+        serve.delete("floor")
+    elif not bodies["tools (route low)"]:
+        print("tools (route low): no such users under the bundle's fitted plan")
+    if args.vlm_requests and bodies["VLM (route medium/high)"]:
+        pool = repeat(bodies["VLM (route medium/high)"], args.vlm_requests)
         load(url, pool[:100], args.concurrency, None)  # warm-up: model loads, first batches
-        rows.append((kind, load(url, pool, args.concurrency, args.rate or None)))
+        rows.append(("VLM (route medium/high)", load(url, pool, args.concurrency, args.rate or None)))
+    elif args.vlm_requests:
+        print("VLM (route medium/high): no such users under the bundle's fitted plan")
     swept = {kind: sweep(url, bodies[kind], [float(r) for r in rates.split(",")], args.sweep_seconds)
              for kind, rates in (("tools (route low)", args.sweep), ("VLM (route medium/high)", args.vlm_sweep))
              if rates and bodies[kind]}

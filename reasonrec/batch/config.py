@@ -35,12 +35,16 @@ class ScoreConfig:
     max_history: int = 10_000  # items; a longer history is quarantined (the tools read only the most recent)
     batch_size: int = 1024  # rows per tool-actor call
     horizon_batch_size: int = 4096
-    # Measured on 2 cores: one actor with 2 torch threads beats 2 x 1 and 2 x 2 (benchmarks/nightly_job.py).
-    tool_actors: int = 1
-    tool_actor_cpus: float = 0.5
+    # One torch thread per actor, as many actors as cores: torch's threads meet at a barrier after every op, so
+    # any other process on a core (the horizon and planner actors, the writes, Ray itself) stalls both of an
+    # actor's threads. On 2 cores 2 x 1 ran the 10x Beauty job 1.12-1.16x the in-process stages, 1 x 2 1.48-1.60x
+    # (benchmarks/nightly_job.py, docs/results.md). The CPUs asked are placement tokens: small, so that reads and
+    # writes never starve on a small node; on a cluster give each actor its thread's core (tool_actor_cpus: 1).
+    tool_actors: int = 2
+    tool_actor_cpus: float = 0.25
     horizon_actor_cpus: float = 0.25
     io_cpus: float = 0.25  # shard reads and result writes
-    torch_threads: int = 2  # per tool actor: keep actors x threads = the cores they share
+    torch_threads: int = 1  # per tool actor: keep actors x threads = the cores they share
     planner_cpus: float = 0.25
     # Custom resources every CPU actor (horizon, tools, planner) asks for, e.g. {"cpu_worker": 0.01} on a cluster
     # whose CPU nodes advertise "cpu_worker" (cluster/aws.yaml): it keeps them off GPU nodes. Ray only prefers that.

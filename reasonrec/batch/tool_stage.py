@@ -26,8 +26,8 @@ from reasonrec.tools.base import Tool, exclude_seen
 
 class ToolStage:
     def __init__(self, scoring: Scoring, holdout: bool = False):
-        """``holdout``: the tools as they were before their refit on the validation items (fit-planner)."""
-        torch.set_num_threads(scoring.config.torch_threads)
+        """``holdout``: the tools as they were before their refit on the validation items (fit-planner). Torch's
+        thread count is the caller's: the actors that own a process set ``config.torch_threads``."""
         self.vocab, self.shortlist, self.primary = scoring.vocab, scoring.config.shortlist, scoring.primary
         self.names = {task: scoring.tools_for(task) for task in self.primary}
         used = sorted({name for names in self.names.values() for name in names})
