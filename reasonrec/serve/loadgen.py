@@ -17,10 +17,16 @@ import numpy as np
 
 
 def load(url: str, bodies: list[dict], concurrency: int, rate: float | None, open_loop: bool = False) -> dict:
-    """Latencies of POSTing every body (one keep-alive connection per client thread: a lean client leaves the
-    cores to the server). ``open_loop`` (with ``rate``): each latency counts from the request's scheduled time, so
-    a server that falls behind is charged for the wait too. Answers (200) and shed requests (503, which must carry
-    Retry-After) are timed apart; any other status raises."""
+    """Rates and latency percentiles of POSTing every body (``send``)."""
+    return summary(*send(url, bodies, concurrency, rate, open_loop))
+
+
+def send(url: str, bodies: list[dict], concurrency: int, rate: float | None,
+         open_loop: bool = False) -> tuple[list[tuple[int, float]], float]:
+    """(status, ms) of POSTing every body, and the seconds it took (one keep-alive connection per client thread:
+    a lean client leaves the cores to the server). ``open_loop`` (with ``rate``): each latency counts from the
+    request's scheduled time, so a server that falls behind is charged for the wait too. Answers (200) and shed
+    requests (503, which must carry Retry-After) are timed apart; any other status raises."""
     address = urllib.parse.urlsplit(url)
     local = threading.local()
     payloads = [json.dumps(b).encode() for b in bodies]
@@ -44,16 +50,14 @@ def load(url: str, bodies: list[dict], concurrency: int, rate: float | None, ope
 
     with ThreadPoolExecutor(concurrency) as pool:
         replies = list(pool.map(one, range(len(bodies))))
-    seconds = time.perf_counter() - start
-    return summary(replies, seconds)
+    return replies, time.perf_counter() - start
 
 
 def summary(replies: list[tuple[int, float]], seconds: float) -> dict:
-    """Rates and percentiles of (status, ms) replies sent over ``seconds``; ``replies`` keeps them for pooling."""
+    """Rates and percentiles of (status, ms) replies sent over ``seconds``."""
     answered = np.array([ms for status, ms in replies if status == 200] or [np.nan])
     shed = np.array([ms for status, ms in replies if status == 503] or [np.nan])
-    return {"replies": replies, "seconds": seconds,
-            "requests": len(replies), "req_per_s": len(replies) / seconds, "p50_ms": float(np.percentile(answered, 50)),
+    return {"requests": len(replies), "req_per_s": len(replies) / seconds, "p50_ms": float(np.percentile(answered, 50)),
             "p99_ms": float(np.percentile(answered, 99)), "shed": int(np.isfinite(shed).sum()),
             "answered_per_s": int(np.isfinite(answered).sum()) / seconds, "shed_p50_ms": float(np.percentile(shed, 50)),
             "shed_p99_ms": float(np.percentile(shed, 99))}
@@ -69,9 +73,9 @@ def interleaved(urls: dict[str, str], bodies: list[dict], concurrency: int, rate
     seconds = dict.fromkeys(urls, 0.0)
     for i in range(passes):
         for name, url in urls.items():
-            r = load(url, bodies[i * share:(i + 1) * share], concurrency, rate)
-            pooled[name] += r["replies"]
-            seconds[name] += r["seconds"]
+            replies, took = send(url, bodies[i * share:(i + 1) * share], concurrency, rate)
+            pooled[name] += replies
+            seconds[name] += took
     return {name: summary(pooled[name], seconds[name]) for name in urls}
 
 
