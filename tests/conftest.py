@@ -212,11 +212,13 @@ def byo_bundle(ray_session, bundle_uri, synthetic_data, tmp_path_factory):
 
 def planner_score():
     """The nightly job's settings in the planner tests: a small shortlist, the transformers VLM backend on CPU (this
-    machine has no GPU, and says so)."""
+    machine has no GPU, and says so), one tool actor. The tests' jobs keep to one tool actor: on 2 cores each actor
+    of a pool is another process start per job (the suite ran 20 min 40 s with the default two); the defaults run
+    in the README, CLI, job-submit tests and the demo."""
     from reasonrec.batch.config import ScoreConfig
     from reasonrec.vlm.deliberator import DeliberatorConfig
 
-    return ScoreConfig(batch_size=128, shortlist=8,
+    return ScoreConfig(batch_size=128, shortlist=8, tool_actors=1,
                        deliberator=DeliberatorConfig(backend="transformers", device="cpu", batch_size=16))
 
 

@@ -24,7 +24,7 @@ def notebook(ray_session, tmp_path_factory):
     trained = reasonrec.train_tools(data, bundle, tools)
     table = reasonrec.make_requests(data, tasks=("sequential", "direct"), users=40)
     reasonrec.write_requests(table, requests, shard_rows=30)
-    config = ScoreConfig(mode="tools-only", batch_size=32)
+    config = ScoreConfig(mode="tools-only", batch_size=32, tool_actors=1)
     manifest = reasonrec.score(requests, bundle, output, config, run_date="2026-12-01")
     return {"meta": meta, "trained": trained, "requests": table, "manifest": manifest, "data": data,
             "bundle": bundle, "output": output, "config": config}

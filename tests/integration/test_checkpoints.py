@@ -64,7 +64,7 @@ def test_the_exported_checkpoint_is_scored_and_answers_the_nightly_job(tuned, sy
     write_requests(requests_for_split(synthetic_data, "test", "sequential", k=5).slice(0, 6), requests)
     output = str(tmp_path / "results")
     # backend auto: vLLM-CPU cannot load LLaVA here, so the VLM actor says why and serves it with transformers.
-    score = ScoreConfig(mode="vlm-only", batch_size=64, shortlist=4, vlm_batch_size=8,
+    score = ScoreConfig(mode="vlm-only", batch_size=64, tool_actors=1, shortlist=4, vlm_batch_size=8,
                         deliberator=DeliberatorConfig(backend="auto", device="cpu", batch_size=4))
     manifest = run(NightlyJob(requests, bundle, output, "2026-12-04", force=True, score=score))
     assert manifest["rows_out"] == 6 and manifest["rows_quarantined"] == 0 and manifest["vlm_calls_total"] == 6

@@ -32,8 +32,10 @@ from reasonrec.evaluator import (
     tool_scorer,
 )
 
-CONFIG = ScoreConfig(batch_size=200, mode="tools-only")  # this bundle has no VLM (tests/test_planner_job.py has)
-PLANNER_ON_CPU = ScoreConfig(batch_size=200, mode="planner", deliberator=DeliberatorConfig(device="cpu"))
+# One tool actor, as in every test job (conftest.planner_score says why); this bundle has no VLM (test_planner_job
+# has).
+CONFIG = ScoreConfig(batch_size=200, mode="tools-only", tool_actors=1)
+PLANNER_ON_CPU = ScoreConfig(batch_size=200, mode="planner", tool_actors=1, deliberator=DeliberatorConfig(device="cpu"))
 
 
 def stream(table: pa.Table, shard: str = "mem://shard") -> pa.Table:

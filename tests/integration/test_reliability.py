@@ -25,7 +25,7 @@ from reasonrec.data import schemas
 
 ROOT = Path(__file__).resolve().parents[2]
 DATE = "2026-11-27"
-TOOLS_ONLY = ScoreConfig(mode="tools-only", batch_size=8, horizon_batch_size=8)  # small blocks: many parts
+TOOLS_ONLY = ScoreConfig(mode="tools-only", batch_size=8, horizon_batch_size=8, tool_actors=1)  # many parts
 
 
 def score(requests: str, output: str, bundle: str, config: ScoreConfig, force: bool = False) -> dict:
@@ -360,7 +360,7 @@ def test_unreadable_and_huge_item_images_quarantine_the_rows_that_show_them(vlm_
     from reasonrec.batch.vlm_stage import VLMStage
     from reasonrec.vlm.backends import MAX_IMAGE_PIXELS
 
-    config = ScoreConfig(mode="vlm-only", shortlist=8, deliberator=PLANNER_SCORE.deliberator)
+    config = ScoreConfig(mode="vlm-only", shortlist=8, tool_actors=1, deliberator=PLANNER_SCORE.deliberator)
     scoring = Scoring.load(vlm_bundle_uri, config)
     requests = conform(requests_for_split(synthetic_data, "test", "sequential", k=5).slice(0, 6), "images")
     rows = ToolStage(scoring)(HorizonStage(scoring)(requests))

@@ -170,7 +170,8 @@ def main() -> None:
         watcher.start()
         # The deployed config's resource requests: the VLM actor's GPU from deliberator.device (cuda), the CPU
         # actors' cpu_worker resource (reasonrec/configs/cluster_score.yaml).
-        config = ScoreConfig(batch_size=64, shortlist=8, mode="planner", cpu_actor_resources={"cpu_worker": 0.01},
+        config = ScoreConfig(batch_size=64, shortlist=8, mode="planner", tool_actors=1,
+                             cpu_actor_resources={"cpu_worker": 0.01},
                              deliberator=DeliberatorConfig(backend="transformers", batch_size=16,
                                                            num_gpus=float(os.environ.get("VLM_GPUS", "1"))))
         start = time.time()

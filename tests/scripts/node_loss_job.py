@@ -45,7 +45,7 @@ def main() -> None:
     killer = threading.Thread(target=remove_the_tool_node, daemon=True)
     killer.start()
     try:
-        config = ScoreConfig(mode="tools-only", batch_size=16, horizon_batch_size=16,
+        config = ScoreConfig(mode="tools-only", batch_size=16, horizon_batch_size=16, tool_actors=1,
                              cpu_actor_resources={"cpu_worker": 1})
         manifest = run(NightlyJob(requests, bundle, output, run_date, force=True, score=config))
         marks["job_done"] = time.time() - start
