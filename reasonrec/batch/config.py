@@ -37,7 +37,7 @@ class ScoreConfig:
     horizon_batch_size: int = 4096
     # One torch thread per actor, as many actors as cores: torch's threads meet at a barrier after every op, so
     # any other process on a core (the horizon and planner actors, the writes, Ray itself) stalls both of an
-    # actor's threads. On 2 cores 2 x 1 ran the 10x Beauty job 1.12-1.16x the in-process stages, 1 x 2 1.48-1.60x
+    # actor's threads. On 2 cores 2 x 1 ran the 10x Beauty job 0.98-1.16x the in-process stages, 1 x 2 1.48-1.60x
     # (benchmarks/nightly_job.py, docs/results.md). The CPUs asked are placement tokens: small, so that reads and
     # writes never starve on a small node; on a cluster give each actor its thread's core (tool_actor_cpus: 1).
     tool_actors: int = 2
