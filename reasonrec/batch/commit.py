@@ -195,8 +195,9 @@ def summarise(parts: list[dict]) -> dict:
 
 
 def start(output: str, run_date: str | None, header: dict, force: bool = False) -> tuple[Run, list[dict], dict]:
-    """The run to write: the date's latest unfinished run with the same header (unless ``force``), resumed with the
-    parts its ledger vouches for and, per shard, the rows they answered; else a new run."""
+    """The run to write: the date's latest unfinished run with the same header (unless ``force``; its ``pools``,
+    how the work is spread, may differ), resumed with the parts its ledger vouches for and, per shard, the rows
+    they answered; else a new run."""
     header = json.loads(json.dumps(header, sort_keys=True, default=str))  # as it reads back from storage
     fresh = Run.new(output, run_date)
     if not force:
@@ -204,11 +205,15 @@ def start(output: str, run_date: str | None, header: dict, force: bool = False) 
             run = Run(output, fresh.run_date, run_id)
             if storage.exists(storage.join(run.uri, MANIFEST)):
                 break  # committed runs are not reopened
-            if _header(run) == header:
+            if _work(_header(run)) == _work(header):
                 parts, answered = recorded_parts(run)
                 return run, parts, answered
     storage.write_json(storage.join(fresh.uri, RUN_HEADER), header)
     return fresh, [], {}
+
+
+def _work(header: dict | None) -> dict | None:
+    return header and {key: value for key, value in header.items() if key != "pools"}
 
 
 def _header(run: Run) -> dict | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 from reasonrec.planner import MODES
 from reasonrec.vlm.deliberator import DeliberatorConfig
@@ -49,6 +50,11 @@ class ScoreConfig:
     # Custom resources every CPU actor (horizon, tools, planner) asks for, e.g. {"cpu_worker": 0.01} on a cluster
     # whose CPU nodes advertise "cpu_worker" (cluster/aws.yaml): it keeps them off GPU nodes. Ray only prefers that.
     cpu_actor_resources: dict = dataclasses.field(default_factory=dict)
+
+    # How many of each actor and what they ask Ray for: they change how fast a run goes, never what it answers, so a
+    # rerun that changes only these resumes the run (reasonrec.batch.job.plan).
+    POOLS: ClassVar[tuple[str, ...]] = ("tool_actors", "tool_actor_cpus", "horizon_actor_cpus", "io_cpus",
+                                        "torch_threads", "planner_cpus", "vlm_actors", "cpu_actor_resources")
 
     def __post_init__(self):
         if self.mode not in MODES:

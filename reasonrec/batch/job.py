@@ -66,9 +66,11 @@ def plan(requests: str, bundle: str, output: str, config: ScoreConfig, run_date:
     listed = shards.list_shards(requests)
     with ThreadPoolExecutor(16) as pool:  # footers only: an independent count of what must come out
         rows = list(pool.map(shards.rows_in_shard, listed))
+    settings = dataclasses.asdict(config)
+    pools = {name: settings.pop(name) for name in ScoreConfig.POOLS}
     header = {"requests": requests, "bundle": bundle, "bundle_version": scoring.bundle.version,
               "shards": len(listed), "rows_in": sum(rows), "mode": config.mode, "primary": scoring.primary,
-              "config": dataclasses.asdict(config)}
+              "config": settings, "pools": pools}
     run, reused, skip = commit.start(output, run_date, header, force=force)
     todo = [(uri, n) for uri, n in zip(listed, rows) if len(skip.get(uri, ())) < n]
     logger.info(f"scoring {sum(rows)} requests from {len(listed)} shard(s) with bundle {scoring.bundle.version} "

@@ -157,3 +157,14 @@ def test_the_ledger_vouches_for_complete_parts_once(tmp_path):
     assert len(names) == 2 and other_shard["results"][0] in names
     assert len({p["results"][0] for p in once} & set(names)) == 1
     assert {shard: rows.tolist() for shard, rows in answered.items()} == {"mem://s": [0, 1, 2], "mem://t": [0, 1, 2]}
+
+
+def test_an_unfinished_run_resumes_with_other_pools_but_not_with_other_settings(tmp_path):
+    """A rerun that only sizes the actor pools differently (tool_actors, CPUs asked, threads) is the same work and
+    resumes the unfinished run; one that answers differently (e.g. another shortlist) starts afresh."""
+    output = str(tmp_path / "out")
+    work = {"requests": "r", "bundle": "b", "config": {"shortlist": 20}}
+    run = commit.start(output, "2026-11-28", {**work, "pools": {"tool_actors": 2}})[0]
+    assert commit.start(output, "2026-11-28", {**work, "pools": {"tool_actors": 1}})[0] == run
+    other = commit.start(output, "2026-11-28", {**work, "config": {"shortlist": 8}, "pools": {"tool_actors": 2}})[0]
+    assert other != run
