@@ -92,6 +92,21 @@ def test_scoring_shortcuts_give_the_full_grid_scores(trained, synthetic_data, na
     assert (top_fast == top_full).float().mean() > 0.999
 
 
+@pytest.mark.parametrize("length", [1, 3, 9, 20])
+def test_nextitnet_causal_convolution_is_conv1d_over_the_left_padded_sequence(length):
+    """NextItNet convolves by one matmul over every tap and shifted sums (issue 23): the same as nn.Conv1d over the
+    input padded on the left by its reach, also where a tap reaches past the start of a short sequence."""
+    from reasonrec.tools.nextitnet import ResidualBlock
+
+    torch.manual_seed(0)
+    block = ResidualBlock(dim=16, kernel=3, dilation=4, dropout=0.0)
+    x = torch.randn(5, length, 16)
+    for conv in (block.conv1, block.conv2):
+        reach = 2 * conv.dilation[0]
+        expected = conv(torch.nn.functional.pad(x.transpose(1, 2), (reach, 0))).transpose(1, 2)
+        assert torch.allclose(block.causal(conv, x), expected, atol=1e-5)
+
+
 def test_unknown_user_gets_a_finite_score(trained, synthetic_data):
     history = synthetic_data.eval_set("test").history.select(np.arange(2))
     history.user_ids = np.array(["never-seen", "also-new"], dtype=object)
