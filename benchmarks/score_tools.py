@@ -1,11 +1,16 @@
 """Full-catalogue scoring throughput of each tool vs the bare user x item matmul, measured in the same run.
 
-    python benchmarks/score_tools.py [--data URI] [--bundle URI] [--batch-size 1024] [--threads 2]
+    python benchmarks/score_tools.py [--data URI] [--bundle URI] [--batch-size N] [--threads 2]
 
 Scoring = the tool's ``score`` (encoder + one matmul against the catalogue) + history masking + top-10, for every
 test user. The bare matmul multiplies random (batch, dim) user vectors by the (n_items + 1, dim) item table: the
 floor any embedding model pays. The ratio says how much the model adds on top of it. Each is the fastest of
 ``--repeats`` passes, interleaved.
+
+The batch defaults to the rows the nightly job's tool stage scores per pass (``reasonrec.scores.rows_per_pass``:
+a 2M-float score matrix, reused from the heap). A larger batch measures a lower floor than the hardware's: a score
+matrix over glibc's 32 MiB mmap ceiling (1,024 Beauty users: 50 MB) is mapped afresh for every product and its
+page faults (~12,000 per batch) halve the bare matmul's speed, which flatters every ratio (docs/results.md).
 
 For the sequential tools it also checks the scoring shortcuts (users chunked by history length, the last position
 only) against the plain computation (every user padded to max_len, every position encoded) on the first
@@ -21,6 +26,7 @@ import torch
 
 from reasonrec.bundle import Bundle
 from reasonrec.data.prepared import PreparedData
+from reasonrec.scores import rows_per_pass
 from reasonrec.tools import exclude_seen
 
 
@@ -63,7 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="/tmp/rr/beauty")
     parser.add_argument("--bundle", default="/tmp/rr/beauty-bundle")
-    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--batch-size", type=int, help="users per pass (default: the job's, rows_per_pass)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--check-users", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=3, help="passes over the users; the fastest counts")
@@ -72,6 +78,7 @@ def main() -> None:
     data, bundle = PreparedData(args.data), Bundle(args.bundle)
     history = data.eval_set("test").history
     n = len(history)
+    args.batch_size = args.batch_size or rows_per_pass(data.n_items + 1)
     print(f"{data.meta['dataset']}: {n} users x {data.n_items} items, batch {args.batch_size}, "
           f"{args.threads} threads")
     print(f"{'tool':>10s} {'users/s':>10s} {'matmul users/s':>15s} {'ratio':>6s}  shortcuts vs full grid")
