@@ -247,6 +247,16 @@ class Planner:
         overrode = agg_rows & (vlm_top != vote_top) & (final_top == vlm_top)
         return Decision(path, scores, out_conf, vlm_rows | agg_rows, escalated, consulted, overrode)
 
+    def by_tool(self, task: np.ndarray, tool_confidence: np.ndarray) -> Decision:
+        """What ``decide`` gives rows planned for the primary tool alone (route low answered by the tool), from the
+        one signal such a row has: the tool's confidence. ``scores`` is empty: these rows keep the tool's ranking."""
+        rows = len(task)
+        consulted = np.zeros((rows, len(self.tools_for(task[0])) if rows else 0), dtype=bool)
+        consulted[np.arange(rows), self._primary_index(task)] = True
+        none = np.zeros(rows, dtype=bool)
+        return Decision(np.full(rows, "tool", dtype=object), np.zeros((rows, 0)),
+                        np.asarray(tool_confidence, dtype=np.float32), none, none, consulted, none)
+
     def _primary_index(self, task: np.ndarray) -> np.ndarray:
         def index(t: str) -> int:
             if self.primary.get(t) not in self.tools_for(t):

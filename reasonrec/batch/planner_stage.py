@@ -25,13 +25,16 @@ class PlannerStage:
         self.vocab, self.planner, self.version = scoring.vocab, scoring.planner, scoring.bundle.version
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        task = strings(batch.column("task"))
+        task, by_tool = strings(batch.column("task")), strings(batch.column("plan")) == "tool"
         ok = accepted(batch)
-        if batch.num_rows and ok.all() and (task == task[0]).all():  # e.g. a served request: no regrouping
-            return self.answer(batch, task[0])
+        if batch.num_rows and ok.all() and (task == task[0]).all() and (by_tool == by_tool[0]).all():
+            return self.answer(batch, task[0])  # e.g. a served request: no regrouping
         parts = [_without_answers(batch.filter(pa.array(~ok)))]
         for name in np.unique(task[ok]):  # each task has its own consulted tools (the T axis of tool_scores)
-            parts.append(self.answer(batch.filter(pa.array(ok & (task == name))), name))
+            for tool_alone in (False, True):  # rows the primary tool answers alone skip the decision (``answer``)
+                rows = ok & (task == name) & (by_tool == tool_alone)
+                if rows.any():
+                    parts.append(self.answer(batch.filter(pa.array(rows)), name))
         return pa.concat_tables(parts)
 
     def answer(self, batch: pa.Table, task_name: str) -> pa.Table:
@@ -39,34 +42,25 @@ class PlannerStage:
         if task_name == "explain":
             return self.explained(batch)
         start = time.perf_counter()
-        n, tools = self.shortlist, self.planner.tools_for(task_name)
-        rows = batch.num_rows
+        tools, rows = self.planner.tools_for(task_name), batch.num_rows
         task = batch.column("task").to_numpy(zero_copy_only=False).astype(object)
         plan = batch.column("plan").to_numpy(zero_copy_only=False).astype(object)
-        horizon = batch.column("horizon").to_numpy(zero_copy_only=False).astype(np.float64)
         k = batch.column("k").to_numpy(zero_copy_only=False).astype(np.int64)
-        index = self.vocab.index
-        pool = padded(batch.column("pool"), fill=-1, to=index)
-        pool_scores = padded(batch.column("pool_scores"), pool.shape[1], fill=-np.inf)
-        tool_scores = padded(batch.column("tool_scores"), len(tools) * n).reshape(rows, len(tools), n)
-        tool_scores = np.nan_to_num(tool_scores.transpose(1, 0, 2), nan=-np.inf, neginf=-np.inf)
-        if "vlm_scores" in batch.column_names:
-            vlm = padded(batch.column("vlm_scores"), n)
-            vlm_conf = pc.fill_null(batch.column("vlm_confidence"), np.nan).to_numpy(zero_copy_only=False)
-        else:  # tools-only: the job has no VLM stage
-            vlm, vlm_conf = np.full((rows, n), np.nan), np.full(rows, np.nan)
         tool_conf = batch.column("tool_confidence").to_numpy(zero_copy_only=False).astype(np.float32)
-        shortlist, vote = _widened(pool[:, :n], n, -1), _widened(pool_scores[:, :n], n, -np.inf)
-
-        d = self.planner.decide(self.mode, task, plan, horizon, tool_scores, vote, vlm, vlm_conf, tool_conf)
-        items, scores = self._rankings(d, shortlist, pool, pool_scores, batch)
+        index = self.vocab.index
+        primary = padded(batch.column("primary_items"), fill=-1, to=index)
+        primary_scores = padded(batch.column("primary_scores"), primary.shape[1], fill=-np.inf)
+        if (plan == "tool").all():
+            # Route low answered by the primary tool (DESIGN.md §4): its own ranking, nothing to decide; the row has
+            # no vote columns. What ``decide`` and ``_rankings`` give such rows, at a fraction of a served row's cost.
+            d, vlm_conf = self.planner.by_tool(task, tool_conf), None
+            items, scores = primary, primary_scores
+            vlm_top, tools_top = np.full(rows, -1), items[:, 0]
+        else:
+            d, items, scores, vlm_top, tools_top, vlm_conf = self._decided(batch, task, plan, tool_conf, tools,
+                                                                           primary, primary_scores)
         keep = (np.arange(items.shape[1])[None, :] < k[:, None]) & np.isfinite(scores) & (items > 0)
         ranked = _ranked(items, scores, keep, self.vocab)
-
-        vlm_top = np.where(d.vlm_called, shortlist[np.arange(rows), np.argmax(np.nan_to_num(vlm, nan=-1), 1)], -1)
-        primary_top = items[:, 0]
-        voted = (d.path == "vote") | (d.path == "aggregate")
-        tools_top = np.where(d.path == "tool", primary_top, np.where(voted, pool[:, 0], -1))
         names = _tool_names(d.consulted, tools)
         spent = 1000 * (time.perf_counter() - start) / rows
         latency = batch.column("latency_ms").to_numpy(zero_copy_only=False) + spent
@@ -86,6 +80,30 @@ class PlannerStage:
             "text": pa.nulls(rows, pa.string()),
         }
         return appended(batch.drop_columns(["latency_ms"]), ANSWER, [answers[name] for name in ANSWER_COLUMNS])
+
+    def _decided(self, batch, task, plan, tool_conf, tools, primary, primary_scores):
+        """Rows of one task whose answer the planner decides from every signal: the decision, the ranked items and
+        scores, the VLM's and the tools' top items, the VLM's confidence."""
+        n, rows = self.shortlist, batch.num_rows
+        horizon = batch.column("horizon").to_numpy(zero_copy_only=False).astype(np.float64)
+        index = self.vocab.index
+        pool = padded(batch.column("pool"), fill=-1, to=index)
+        pool_scores = padded(batch.column("pool_scores"), pool.shape[1], fill=-np.inf)
+        tool_scores = padded(batch.column("tool_scores"), len(tools) * n).reshape(rows, len(tools), n)
+        tool_scores = np.nan_to_num(tool_scores.transpose(1, 0, 2), nan=-np.inf, neginf=-np.inf)
+        if "vlm_scores" in batch.column_names:
+            vlm = padded(batch.column("vlm_scores"), n)
+            vlm_conf = pc.fill_null(batch.column("vlm_confidence"), np.nan).to_numpy(zero_copy_only=False)
+        else:  # tools-only: the job has no VLM stage
+            vlm, vlm_conf = np.full((rows, n), np.nan), np.full(rows, np.nan)
+        shortlist, vote = _widened(pool[:, :n], n, -1), _widened(pool_scores[:, :n], n, -np.inf)
+
+        d = self.planner.decide(self.mode, task, plan, horizon, tool_scores, vote, vlm, vlm_conf, tool_conf)
+        items, scores = self._rankings(d, shortlist, pool, pool_scores, primary, primary_scores)
+        vlm_top = np.where(d.vlm_called, shortlist[np.arange(rows), np.argmax(np.nan_to_num(vlm, nan=-1), 1)], -1)
+        voted = (d.path == "vote") | (d.path == "aggregate")
+        tools_top = np.where(d.path == "tool", items[:, 0], np.where(voted, pool[:, 0], -1))
+        return d, items, scores, vlm_top, tools_top, vlm_conf
 
     def explained(self, batch: pa.Table) -> pa.Table:
         """Explain rows: the VLM's generated text is the answer; no ranking, no tools."""
@@ -112,10 +130,9 @@ class PlannerStage:
         }
         return appended(batch.drop_columns(["latency_ms"]), ANSWER, [answers[name] for name in ANSWER_COLUMNS])
 
-    def _rankings(self, d, shortlist, pool, pool_scores, batch) -> tuple[np.ndarray, np.ndarray]:
+    def _rankings(self, d, shortlist, pool, pool_scores, primary, primary_scores) -> tuple[np.ndarray, np.ndarray]:
         """(rows, width) item indices and scores, best first, per each row's path."""
         n = shortlist.shape[1]
-        primary = padded(batch.column("primary_items"), fill=-1, to=self.vocab.index)
         width = max(pool.shape[1], primary.shape[1], n)
         items, scores = _widened(pool, width, -1), _widened(pool_scores, width, -np.inf)
         reranked = d.vlm_called  # the vlm and aggregate paths
@@ -129,7 +146,6 @@ class PlannerStage:
             scores[reranked] = np.concatenate([short_scores, tail], axis=1)
         by_tool = d.path == "tool"
         if by_tool.any():
-            primary_scores = padded(batch.column("primary_scores"), primary.shape[1], fill=-np.inf)
             items[by_tool] = _widened(primary[by_tool], width, -1)
             scores[by_tool] = _widened(primary_scores[by_tool], width, -np.inf)
         return items, scores

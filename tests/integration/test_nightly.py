@@ -166,9 +166,15 @@ def test_a_row_the_primary_tool_answers_alone_costs_that_tool_only(bundle_uri, s
     assert lean_rows.column("pool").null_count == rows.num_rows
     assert full_rows.column("pool").null_count == 0
     full_rows = full_rows.set_column(full_rows.schema.get_field_index("plan"), "plan", lean_rows.column("plan"))
-    columns = ["user_id", "ranked", "confidence", "tools", "trace", "path", "tools_top"]
+    columns = ["user_id", "ranked", "confidence", "tools", "trace", "path", "tools_top", "vlm_top", "vlm_called"]
     planner = PlannerStage(scoring)
-    assert planner(lean_rows).select(columns).to_pylist() == planner(full_rows).select(columns).to_pylist()
+    answered = planner(lean_rows).select(columns).to_pylist()
+    assert answered == planner(full_rows).select(columns).to_pylist()
+    # The stage answers tool rows without the decision; beside one vote row, ``answer`` decides every row from
+    # every signal: the same answers.
+    voted = full(planned["vote"]).slice(0, 1)
+    decided = planner.answer(pa.concat_tables([full_rows, voted]), task).slice(0, full_rows.num_rows)
+    assert decided.select(columns).to_pylist() == answered
 
 
 @pytest.mark.parametrize("task", ["sequential", "direct", "ctr"])

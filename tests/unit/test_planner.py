@@ -94,6 +94,23 @@ def test_each_route_in_planner_mode():
     assert d.confidence[1] == pytest.approx(0.9)
 
 
+@pytest.mark.parametrize("task,primary", [("sequential", 0), ("direct", 1)])
+def test_rows_the_primary_tool_answers_alone_get_the_decision_of_every_signal(task, primary):
+    """The planner stage answers route-low tool rows from their one signal (``by_tool``, no shortlist): the same
+    path, confidence, consulted tool and flags as ``decide`` over every signal."""
+    p = planner({"vlm_p": 1.0})
+    rows = 3
+    tasks = np.array([task] * rows, dtype=object)
+    tool_scores, vote, vlm = signals(rows)
+    confidence = np.array([0.2, 0.6, 0.9], np.float32)
+    full = p.decide("planner", tasks, np.full(rows, "tool", dtype=object), np.full(rows, 0.1), tool_scores, vote,
+                    vlm, np.full(rows, np.nan), confidence)
+    alone = p.by_tool(tasks, confidence)
+    for field in ("path", "confidence", "vlm_called", "escalated", "consulted", "overrode"):
+        assert getattr(alone, field).tolist() == getattr(full, field).tolist(), field
+    assert alone.consulted[:, primary].all() and alone.consulted.sum() == rows
+
+
 def test_override_only_when_the_aggregator_sides_with_the_vlm():
     trusts_vlm = decide(planner({"vlm_p": 5.0}), "planner", ["high"], [0.9])
     assert trusts_vlm.overrode.tolist() == [True] and np.argmax(trusts_vlm.scores[0]) == 3
