@@ -68,12 +68,20 @@ def train_loop_per_worker(cfg: dict) -> None:
 def build_tool(name: str, overrides: dict, data: PreparedData):
     """The untrained tool and what it trains and selects on: ranking tools the leave-one-out sequences (and refit on
     train + validation when their config says so), CTR tools the CTR rows (``reasonrec.data.ctr``)."""
+    import torch
+
     cls = tool_class(name)
     config = make_config(name, overrides)
     if "ctr" in cls.tasks:
         config = cls.sized(config, data.item_features)
-        return cls(config, data.n_items, data.train.user_ids), data.ctr_set("train"), data.ctr_set("valid"), None
-    return cls(config, data.n_items, data.train.user_ids), data.train, data.eval_set("valid"), data.train_and_valid
+    # The initial weights follow the tool's seed, not whatever the worker process drew before (the demo's tools, and
+    # all that follows them, differed from run to run): a forked generator leaves the process's own untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        tool = cls(config, data.n_items, data.train.user_ids)
+    if "ctr" in cls.tasks:
+        return tool, data.ctr_set("train"), data.ctr_set("valid"), None
+    return tool, data.train, data.eval_set("valid"), data.train_and_valid
 
 
 def train_tools(data_uri: str, bundle_uri: str, config: TrainToolsConfig | None = None) -> dict:

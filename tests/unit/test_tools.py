@@ -119,3 +119,20 @@ def test_majority_vote_is_the_mean_of_normalised_scores(trained, synthetic_data)
     vote = majority_vote([trained["sasrec"], trained["bprmf"]])(history)
     assert vote.shape == (4, synthetic_data.n_items + 1)
     assert float(vote.min()) >= 0.0 and float(vote.max()) <= 1.0
+
+
+@pytest.mark.parametrize("name", ["sasrec", "dcnv2"])
+def test_a_tool_starts_from_its_seed_whatever_the_process_drew_before(synthetic_data, name):
+    """Ray Train workers build each tool in a process with its own history of random draws: the initial weights
+    must follow the tool's seed alone (the demo's tools once differed from run to run), and building one must not
+    reseed the process."""
+    from reasonrec.train.tools import build_tool
+
+    torch.manual_seed(1)
+    first = build_tool(name, {}, synthetic_data)[0].state_dict()
+    torch.manual_seed(2)
+    torch.rand(5)
+    state = torch.random.get_rng_state()
+    second = build_tool(name, {}, synthetic_data)[0].state_dict()
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert all(torch.equal(first[key], second[key]) for key in first)
