@@ -23,6 +23,9 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 # random 8 % of failed requests never hit one request on every attempt (0.08^5 per request). Each attempt more
 # doubles the backoff a test of a persistent failure waits through.
 os.environ.setdefault("AWS_MAX_ATTEMPTS", "5")
+# Ray Train's controller polls its workers every 2 s by default: each fine-tune here (a few seconds of steps) waited
+# up to 2 s at start, at each report and at the end (an empty TorchTrainer.fit: 13.5 s -> 8.2 s at 0.2 s).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 
 def pytest_collection_modifyitems(items):

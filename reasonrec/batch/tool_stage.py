@@ -19,8 +19,9 @@ from reasonrec.arrivals import Arrivals, with_arrivals
 from reasonrec.batch.columns import appended, padded, strings
 from reasonrec.batch.context import Scoring
 from reasonrec.batch.stream import ASKS_VLM, SIGNALS, accepted, history_sequences
+from reasonrec.data.sequences import Sequences
 from reasonrec.data.vocab import Vocab
-from reasonrec.scores import majority_vote, rows_per_pass
+from reasonrec.scores import majority_vote, rows_per_pass, top_k
 from reasonrec.tools.base import Tool, exclude_seen
 
 
@@ -52,21 +53,33 @@ class ToolStage:
                     parts.append(self.signals(rows, name, primary_only))
         return pa.concat_tables(parts)
 
-    def signals(self, batch: pa.Table, task: str, primary_only: bool = False) -> pa.Table:
-        # Each consulted tool scores the whole catalogue per row: slices keep each such matrix small enough to be
-        # reused from the heap (reasonrec.scores.SCORE_FLOATS; docs/results.md).
-        step = rows_per_pass(len(self.vocab) + 1)
-        if batch.num_rows <= step:
-            return self._signals(batch, task, primary_only)
-        return pa.concat_tables([self._signals(batch.slice(lo, step), task, primary_only)
-                                 for lo in range(0, batch.num_rows, step)])
-
     @torch.inference_mode()
-    def _signals(self, batch: pa.Table, task: str, primary_only: bool) -> pa.Table:
+    def signals(self, batch: pa.Table, task: str, primary_only: bool = False) -> pa.Table:
         start = time.perf_counter()
+        names = [self.primary[task]] if primary_only else self.names[task]
         history = history_sequences(batch, self.vocab)
+        # Users are encoded once for the whole batch (an encoder's fixed cost per call shrinks per user as calls
+        # grow); the scores over the catalogue go by passes of a few MiB per tool (reasonrec.scores.SCORE_FLOATS).
+        vectors = {} if task == "ctr" else {name: self.tools[name].user_vectors(history) for name in names}
+        encoding = (time.perf_counter() - start) / max(batch.num_rows, 1)  # seconds per row, in each row's latency
+        width = len(self.vocab) + 1
+        step = rows_per_pass(width)
+        if batch.num_rows <= step:
+            return self._signals(batch, task, names, primary_only, history, vectors, encoding)
+        # One score matrix per tool for all passes: a fresh one per pass is often mapped afresh by malloc, and its
+        # page faults cost up to half the product's time (docs/results.md).
+        products = {name: torch.empty(step, width) for name in vectors}
+        return pa.concat_tables([
+            self._signals(batch.slice(lo, step), task, names, primary_only,
+                          history.select(np.arange(lo, min(lo + step, batch.num_rows))),
+                          {name: v[lo:lo + step] for name, v in vectors.items()}, encoding, products)
+            for lo in range(0, batch.num_rows, step)])
+
+    def _signals(self, batch: pa.Table, task: str, names: list[str], primary_only: bool, history: Sequences,
+                 vectors: dict[str, torch.Tensor], encoding: float,
+                 products: dict[str, torch.Tensor] | None = None) -> pa.Table:
+        start = time.perf_counter() - encoding * batch.num_rows
         primary_name = self.primary[task]
-        names = [primary_name] if primary_only else self.names[task]
         k = torch.from_numpy(batch.column("k").to_numpy().astype(np.int64))
         eligible = None if task == "sequential" else _candidate_matrix(batch.column("candidates"), self.vocab)
         if task == "ctr":  # click logits of the candidates, laid out over the catalogue like the ranking tools'
@@ -75,7 +88,9 @@ class ToolStage:
             # The CTR vote is the mean click probability: calibrated tools give a calibrated mean.
             vote = None if primary_only else torch.stack([torch.sigmoid(s) for s in raw.values()]).mean(dim=0)
         else:
-            raw = {name: self.tools[name].score(history) for name in names}
+            raw = {name: torch.mm(vectors[name], self.tools[name].item_table().T,
+                                  out=None if products is None else products[name][:batch.num_rows])
+                   for name in names}
             vote = None if primary_only else majority_vote(raw.values())
         if task == "sequential":
             for scores in (*raw.values(), *([] if vote is None else [vote])):
@@ -146,7 +161,7 @@ class ToolStage:
 def _top(scores: torch.Tensor, eligible: torch.Tensor | None, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top k (values, item indices) over the catalogue, or over each row's eligible items (-1 = padding)."""
     if eligible is None:
-        return scores.topk(min(k, scores.shape[1]), dim=1)
+        return top_k(scores, k)
     picked = scores.gather(1, eligible.clamp(min=0)).masked_fill(eligible < 0, float("-inf"))
     values, pos = picked.topk(min(k, picked.shape[1]), dim=1)
     return values, eligible.gather(1, pos)

@@ -1,7 +1,9 @@
 """The tool interface: every classical recommender is a ``Tool`` (fit, score, save, load) in its own file.
 
 A tool is an ``nn.Module`` whose ``forward(batch)`` returns the training loss (so DDP can wrap it) and whose
-``score(history)`` returns full-catalogue scores, shape (users, n_items + 1); column 0 is padding.
+``score(history)`` returns full-catalogue scores, shape (users, n_items + 1); column 0 is padding. A ranking tool's
+scores are ``user_vectors(history) @ item_table().T``, so the tool stage encodes a block's users once and scores the
+catalogue in passes; a CTR tool scores given candidates instead (``reasonrec.tools.ctr``).
 Training itself lives in ``reasonrec.train.loop`` and is the same for every tool.
 """
 from __future__ import annotations
@@ -83,8 +85,17 @@ class Tool(nn.Module):
         """Called after training: cache whatever scoring needs (e.g. propagated embeddings)."""
 
     # -- inference
-    def score(self, history: Sequences) -> torch.Tensor:
+    def user_vectors(self, history: Sequences) -> torch.Tensor:
+        """(users, dim): one vector per user whose products with ``item_table()`` are its scores. Apart from the
+        product so that a caller can encode many users at once and score the catalogue in smaller passes."""
         raise NotImplementedError
+
+    def item_table(self) -> torch.Tensor:
+        """(n_items + 1, dim): row 0 is padding."""
+        raise NotImplementedError
+
+    def score(self, history: Sequences) -> torch.Tensor:
+        return self.user_vectors(history) @ self.item_table().T
 
     # -- persistence
     def save(self, folder: str | Path) -> None:

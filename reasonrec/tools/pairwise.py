@@ -54,8 +54,18 @@ class PairwiseTool(Tool):
         used = [self.user_emb(batch["users"]), self.item_emb(batch["pos"]), self.item_emb(batch["neg"])]
         return self.config.reg * sum(e.pow(2).sum() for e in used) / len(batch["users"])
 
+    def user_vectors(self, history: Sequences) -> torch.Tensor:
+        return self._vectors(self.embeddings()[0], history)
+
+    def item_table(self) -> torch.Tensor:
+        return self.embeddings()[1]
+
     def score(self, history: Sequences) -> torch.Tensor:
+        # One call of embeddings(): while LightGCN trains, each call propagates over the whole graph.
         user_table, item_table = self.embeddings()
+        return self._vectors(user_table, history) @ item_table.T
+
+    def _vectors(self, user_table: torch.Tensor, history: Sequences) -> torch.Tensor:
         rows, known = self.user_rows(history)
         # Users unseen in training have no embedding: they get the zero vector (ties, broken by the caller).
-        return (user_table[rows] * known[:, None]) @ item_table.T
+        return user_table[rows] * known[:, None]

@@ -20,5 +20,9 @@ class Popularity(Tool):
     def attach(self, train: Sequences) -> None:
         self.counts.copy_(torch.from_numpy(np.bincount(train.items, minlength=self.n_items + 1).astype(np.float32)))
 
-    def score(self, history: Sequences) -> torch.Tensor:
-        return self.counts.expand(len(history), -1).clone()
+    # Every user's "vector" is the number 1 and every item's its count: the product is the count, exactly.
+    def user_vectors(self, history: Sequences) -> torch.Tensor:
+        return torch.ones(len(history), 1)
+
+    def item_table(self) -> torch.Tensor:
+        return self.counts[:, None]

@@ -61,15 +61,17 @@ class SequentialTool(Tool):
         """The last position's hidden state, (B, dim): all that scoring needs; models may skip the rest."""
         return self.encode(seq)[:, -1]
 
-    def score(self, history: Sequences) -> torch.Tensor:
+    def user_vectors(self, history: Sequences) -> torch.Tensor:
         # Users are encoded in chunks of similar history length, each padded only to its own longest: one long
         # history no longer pads a whole batch to max_len. Exact, since no model here reads the left padding
         # (tests/unit/test_tools.py).
         lengths = np.maximum(np.minimum(history.lengths, self.config.max_len), 1)
         order = np.argsort(lengths, kind="stable")
-        last = torch.cat([self.encode_last(torch.from_numpy(history.padded(order[lo:hi], self.config.max_len)))
-                          for lo, hi in chunks(lengths[order], SCORE_TOKENS)])
-        return last[torch.from_numpy(np.argsort(order))] @ self.item_table().T
+        last = [self.encode_last(torch.from_numpy(history.padded(order[lo:hi], self.config.max_len)))
+                for lo, hi in chunks(lengths[order], SCORE_TOKENS)]
+        if not last:
+            return torch.zeros(0, self.config.dim)
+        return torch.cat(last)[torch.from_numpy(np.argsort(order))]
 
 
 def chunks(lengths: np.ndarray, tokens: int) -> list[tuple[int, int]]:

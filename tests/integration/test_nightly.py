@@ -158,9 +158,9 @@ def test_a_row_the_primary_tool_answers_alone_costs_that_tool_only(bundle_uri, s
                for plan in ("tool", "vote")}
     lean, full = ToolStage(scoring), ToolStage(scoring)
     called = []
-    for name, tool in lean.tools.items():
-        score = tool.score
-        tool.score = lambda history, name=name, score=score: called.append(name) or score(history)
+    for name, tool in lean.tools.items():  # a ranking tool's work starts with its user vectors
+        encode = tool.user_vectors
+        tool.user_vectors = lambda history, name=name, encode=encode: called.append(name) or encode(history)
     lean_rows, full_rows = lean(planned["tool"]), full(planned["vote"])
     assert called == [scoring.primary[task]]
     assert lean_rows.column("pool").null_count == rows.num_rows

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from reasonrec.evaluator import evaluate, majority_vote, tool_scorer
+from reasonrec.scores import top_k
 from reasonrec.tools import REGISTRY, Tool, exclude_seen, make_config, tool_class
 from reasonrec.train.loop import fit
 
@@ -62,6 +63,24 @@ def test_scores_are_full_catalogue_and_history_is_excluded(trained, synthetic_da
     assert torch.isinf(scores[:, 0]).all()
     rows = np.repeat(np.arange(8), history.lengths)
     assert torch.isinf(scores[rows, history.items]).all()
+
+
+@pytest.mark.parametrize("rows,width,k", [(173, 12102, 10), (40, 12102, 20), (9, 1281, 10), (5, 1280, 10),
+                                           (6, 3000, 1), (4, 300, 10), (3, 40, 50)])
+def test_top_k_is_torchs_topk(rows, width, k):
+    """The grouped top-k (reasonrec.scores.top_k) against torch.topk: the groups' boundary cases (a partial last
+    round of groups, exactly two rounds, too narrow for groups, k past the width) and rows mostly masked out."""
+    generator = torch.Generator().manual_seed(rows * width + k)
+    scores = torch.randn(rows, width, generator=generator)
+    scores[0, : width - 3] = float("-inf")  # fewer finite scores than k: those are found, the rest is -inf
+    scores[1, 1::2] = float("-inf")
+    scores[:, 0] = float("-inf")
+    values, items = top_k(scores, k)
+    expected, at = scores.topk(min(k, width), dim=1)
+    finite = torch.isfinite(values)
+    assert torch.equal(values, expected) and finite[0].sum() == min(3, k)
+    assert torch.equal(items[finite], at[finite])  # random scores never tie
+    assert torch.equal(scores.gather(1, items)[finite], values[finite]) and ((items >= 0) & (items < width)).all()
 
 
 @pytest.mark.parametrize("name", ["pop", *TASK_OF])
