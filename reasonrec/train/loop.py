@@ -1,6 +1,7 @@
 """The training loop shared by every tool; runs in-process (tests) or inside a Ray Train worker."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
@@ -37,19 +38,33 @@ def fit(tool: Tool, train: Sequences, valid: EvalSet | None = None, *, refit_on:
     best = {"epoch": 0}
     if tool.trainable:
         mine = lambda seqs: seqs.select(np.arange(shard[0], len(seqs), shard[1]))  # noqa: E731
-        best = _train(tool, module or tool, mine(train), valid, cfg.epochs, rng)
-        if cfg.refit and refit_on is not None and valid is not None:
-            if holdout is not None:
-                tool.finalize()
-                tool.eval()
-                holdout(tool)
-            logger.info(f"[{tool.name}] refit on train+valid for {best['epoch']} epochs")
-            tool.load_state_dict(initial)
-            tool.attach(refit_on)
-            _train(tool, module or tool, mine(refit_on), None, best["epoch"], rng)
+        with deterministic():
+            best = _train(tool, module or tool, mine(train), valid, cfg.epochs, rng)
+            if cfg.refit and refit_on is not None and valid is not None:
+                if holdout is not None:
+                    tool.finalize()
+                    tool.eval()
+                    holdout(tool)
+                logger.info(f"[{tool.name}] refit on train+valid for {best['epoch']} epochs")
+                tool.load_state_dict(initial)
+                tool.attach(refit_on)
+                _train(tool, module or tool, mine(refit_on), None, best["epoch"], rng)
     tool.finalize()
     tool.eval()
     return best
+
+
+@contextlib.contextmanager
+def deterministic():
+    """Torch's deterministic kernels while a tool trains: embedding gradients are otherwise summed in thread order,
+    and two trainings of BPR-MF from one seed differed by up to 5e-6 (enough to move the planner's thresholds
+    fitted on them). No cost measured on CPU (docs/results.md); ``warn_only``: a GPU op without such a kernel warns."""
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
 def _train(tool, module, train, valid, epochs, rng) -> dict:
