@@ -57,6 +57,9 @@ class _Waiting:
         self._thread: threading.Thread | None = None
         self._last = -float("inf")
         self._said: set[int] = set()  # operations already reported
+        # Set by each new operation: the thread then re-reads ``after_s`` at once instead of finishing a sleep begun
+        # under an older setting (a test's short limit was missed that way by a thread started with the default).
+        self._wake = threading.Event()
 
     @contextlib.contextmanager
     def watch(self, verb: str, uri: str):
@@ -69,6 +72,7 @@ class _Waiting:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="reasonrec-storage-waiting", daemon=True)
                 self._thread.start()
+        self._wake.set()
         try:
             yield
         finally:
@@ -78,7 +82,8 @@ class _Waiting:
 
     def _run(self) -> None:
         while True:
-            time.sleep(min(0.5, self.after_s))
+            self._wake.wait(min(0.5, self.after_s))
+            self._wake.clear()
             now, oldest = time.monotonic(), None
             with self._lock:
                 late = [key for key, op in self._ops.items() if now - op[0] > self.after_s and key not in self._said]

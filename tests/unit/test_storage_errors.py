@@ -44,3 +44,19 @@ def test_a_missing_file_stays_a_missing_file(tmp_path):
     import pickle
 
     assert str(pickle.loads(pickle.dumps(error))) == str(error)  # it crosses Ray's process boundaries intact
+
+
+def test_the_waiting_line_follows_a_shorter_limit_set_while_its_thread_sleeps(caplog):
+    """The line's thread, started under a long limit, sleeps up to 0.5 s at a time: a new operation wakes it, so an
+    operation shorter than that sleep but longer than the current limit is still reported."""
+    import logging
+    import time
+
+    waiting = storage._Waiting(after_s=10.0, every_s=0.0)
+    with waiting.watch("read", "s3://rr/first"):  # starts the thread under the 10 s limit: it sleeps 0.5 s
+        pass
+    waiting.after_s = 0.02
+    with caplog.at_level(logging.WARNING, logger="reasonrec.storage"):
+        with waiting.watch("read", "s3://rr/second"):
+            time.sleep(0.25)
+    assert [r.getMessage() for r in caplog.records if "still waiting to read s3://rr/second" in r.getMessage()]

@@ -161,3 +161,35 @@ def test_qwen2_vl_is_built_where_torchvision_loads_and_names_it_where_not(catalo
 def test_an_unknown_architecture_is_an_error_naming_the_choices():
     with pytest.raises(ValueError, match=r"tiny.architecture 'llama': use one of \('idefics3', 'llava', 'qwen2_vl'\)"):
         TinyVLMConfig(architecture="llama")
+
+
+@pytest.mark.parametrize("architecture", ["idefics3", "llava"])
+def test_the_answer_losses_from_the_answer_positions_alone_equal_the_full_ones(architecture, catalogue):
+    """Training scores the vocabulary only where an answer token is predicted (``loss_terms(prompt_loss=False)``):
+    the answer and listwise losses and every gradient equal those of the head over every position."""
+    import torch
+
+    from reasonrec.vlm.backends import ImageCache
+    from reasonrec.vlm.finetune import FinetuneConfig, collate, loss_terms
+
+    model, processor = build_tiny([i.title for i in catalogue], TinyVLMConfig(vocab_size=1024,
+                                                                               architecture=architecture))
+    model.train()
+    # Prompts of different lengths, so that the rows' answers sit at different positions of the padded batch.
+    rows = [{"prompt": p.text, "images": list(p.images), "labels": list(p.labels), "answer": answer,
+             "teacher": [float(t) for t in np.linspace(0, 1, len(p.labels))] if p.labels else []}
+            for p, answer in zip(prompts(catalogue), ["c", "yes", "no"])]
+    config = FinetuneConfig(distill=0.5)
+    found = {}
+    for prompt_loss in (True, False):
+        model.zero_grad()
+        answer, prompt, listwise = loss_terms(model, collate(processor, rows, ImageCache(), config), prompt_loss)
+        (answer + listwise).backward()
+        found[prompt_loss] = (answer.item(), listwise.item(), prompt.item(),
+                              [p.grad.clone() for p in model.parameters() if p.grad is not None])
+    full, kept = found[True], found[False]
+    assert kept[0] == pytest.approx(full[0], rel=1e-6) and kept[1] == pytest.approx(full[1], rel=1e-6)
+    assert full[2] > 0 and kept[2] == 0.0
+    assert len(full[3]) == len(kept[3])
+    for a, b in zip(full[3], kept[3]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

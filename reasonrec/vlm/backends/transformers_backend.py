@@ -27,7 +27,8 @@ class TransformersDeliberator:
             images = [[self.images(uri) for uri in p.images] for p in chunk]
             inputs = self.processor(text=[model_text(p.text, self.marker) + ANSWER_CUE for p in chunk],
                                     images=images if any(images) else None, padding=True, return_tensors="pt")
-            logits = self.model(**inputs.to(self.device)).logits[:, -1].float()
+            # The vocabulary at the last position only (a token per catalogue item makes it wide).
+            logits = self.model(**inputs.to(self.device), logits_to_keep=1).logits[:, -1].float()
             logprobs = torch.log_softmax(logits, dim=-1).cpu()
             out.extend(logprobs[i, label_token_ids(self.processor.tokenizer, choices(p))].numpy()
                        for i, p in enumerate(chunk))
