@@ -36,7 +36,7 @@ bench: $(VENV)/.installed $(DEMO)/bundle/manifest.json
 	$(PY) benchmarks/deliberator.py --data $(DEMO)/data --bundle $(DEMO)/bundle --stage-rows 256
 	$(PY) benchmarks/planner_job.py --data $(DEMO)/data --bundle $(DEMO)/bundle --users 300
 	$(PY) benchmarks/serve_load.py --data $(DEMO)/data --bundle $(DEMO)/bundle --requests 300 --vlm-requests 50 \
-		--sweep 50,100,150,200 --vlm-sweep 5,10 --sweep-seconds 5 --overload-seconds 30
+		--sweep 100,200,300,400 --vlm-sweep 5,10 --sweep-seconds 5 --overload-seconds 30
 	$(PY) benchmarks/matching_probe.py --steps 200
 	$(PY) benchmarks/sizing.py
 

@@ -8,8 +8,9 @@ Starts on 127.0.0.1 the app (`reasonrec serve`'s code) and beside it a no-op app
 what Serve itself costs here), and sends a fixed number of requests at a fixed concurrency (optionally paced to
 ``--rate`` req/s) for two kinds of users of the test split: those the fitted planner answers with the tools (route
 low), in ``--passes`` passes alternating with the floor, and those it sends to the VLM. Latency is measured at
-the client. ``--sweep`` / ``--vlm-sweep`` then offer each path a series of open-loop rates and report the highest
-one whose p99 stays under 100 ms with nothing shed (a 503 from ``ServeConfig.ingress_max_queued``).
+the client. ``--sweep`` / ``--vlm-sweep`` then offer each path a series of open-loop rates (and ``--refine`` more,
+each halfway between the best so far and the next rate up) and report the highest one whose p99 stays under 100 ms
+with nothing shed (a 503 from ``ServeConfig.ingress_max_queued``).
 ``--overload-seconds`` then offers the tools path 3x that rate (the app must shed the excess with fast 503s, keep
 the accepted requests' p99 near the sustainable one, and its memory bounded) and right after the sustainable rate
 again (it must recover).
@@ -25,7 +26,7 @@ import tempfile
 
 import numpy as np
 
-from reasonrec.serve.loadgen import interleaved, load, overload, repeat, sustainable, sweep
+from reasonrec.serve.loadgen import interleaved, load, overload, refine, repeat, sustainable, sweep
 
 
 def free_port() -> int:
@@ -89,6 +90,8 @@ def main() -> None:
     parser.add_argument("--sweep", default="", help="tools-path rates to sweep, req/s (e.g. 50,100,200,400)")
     parser.add_argument("--vlm-sweep", default="", help="VLM-path rates to sweep, req/s (e.g. 5,10,20,40)")
     parser.add_argument("--sweep-seconds", type=float, default=10.0)
+    parser.add_argument("--refine", type=int, default=2,
+                        help="rates tried after each sweep, halfway between its best rate and the next one up")
     parser.add_argument("--max-ongoing", type=int, help="ingress_max_ongoing (default: ServeConfig's)")
     parser.add_argument("--max-queued", type=int, help="ingress_max_queued (default: ServeConfig's)")
     parser.add_argument("--overload-seconds", type=float, default=0.0,
@@ -157,7 +160,8 @@ def main() -> None:
         rows.append(("VLM (route medium/high)", load(url, pool, args.concurrency, args.rate or None)))
     elif args.vlm_requests:
         print("VLM (route medium/high): no such users under the bundle's fitted plan")
-    swept = {kind: sweep(url, bodies[kind], [float(r) for r in rates.split(",")], args.sweep_seconds)
+    swept = {kind: refine(url, bodies[kind], sweep(url, bodies[kind], [float(r) for r in rates.split(",")],
+                                                   args.sweep_seconds), args.sweep_seconds, args.refine)
              for kind, rates in (("tools (route low)", args.sweep), ("VLM (route medium/high)", args.vlm_sweep))
              if rates and bodies[kind]}
     tools_swept = swept.get("tools (route low)", [])
@@ -182,8 +186,9 @@ def main() -> None:
         print(f"{'rate':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'shed':>6}")
         for rate, r in results:
             print(f"{rate:8.0f} {r['req_per_s']:8.1f} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['shed']:6d}")
-        best = sustainable(results)
-        print(f"highest rate with p99 < 100 ms and nothing shed: {best if best is not None else 'none swept'} req/s")
+        highest = sustainable(results)
+        print(f"highest rate with p99 < 100 ms and nothing shed: {highest if highest is not None else 'none swept'} "
+              "req/s")
     if shed_test:
         _print_overload(shed_test, dict(tools_swept)[best], best, args.overload_seconds)
 

@@ -77,13 +77,19 @@ class ServeConfig:
     cpus_per_replica: float = 0.25
     torch_threads: int = 1  # per replica: replicas share the node's cores, one thread each avoids oversubscription
     # Ray Serve's high-throughput mode: HAProxy holds the HTTP port and forwards straight to the ingress replicas (no
-    # Python proxy hop), replicas call each other over gRPC and run user code on their main loop. Every Serve
+    # Python proxy hop) and replicas call each other over gRPC (HIGH_THROUGHPUT_ENV). Every Serve
     # process must start with it, so it is an environment of the Ray processes (``high_throughput_env``):
     # ``reasonrec serve`` sets it for the Ray it starts; a cluster sets it where it starts Ray (cluster/, manifests/).
     high_throughput: bool = True
 
 
-HIGH_THROUGHPUT_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+# The third runs each replica's own code on a thread (and event loop) of its own, apart from the loop that takes
+# requests in: the throughput mode alone runs it on that loop, where a tool replica's CPU-bound batch kept every
+# other request out until it finished, so each batch held ~1 request and the replica saturated one core at ~150
+# req/s of single-request batches; apart, requests keep arriving during a batch and the next batch takes them
+# together (docs/serving.md, docs/results.md "Session of 2026-12-06").
+HIGH_THROUGHPUT_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+                       "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "1"}
 
 
 def high_throughput_env(config: ServeConfig) -> dict[str, str]:

@@ -2,16 +2,15 @@
 and the Serve processes' memory. ``benchmarks/serve_load.py`` and the Serve tests use it.
 
 Latency is counted from each request's scheduled time (open loop), so a server that falls behind is charged for the
-wait too; one keep-alive connection per client thread keeps the client lean.
+wait too; one asyncio loop over keep-alive connections keeps the client lean.
 """
 from __future__ import annotations
 
-import http.client
+import asyncio
 import json
 import threading
 import time
 import urllib.parse
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -23,34 +22,79 @@ def load(url: str, bodies: list[dict], concurrency: int, rate: float | None, ope
 
 def send(url: str, bodies: list[dict], concurrency: int, rate: float | None,
          open_loop: bool = False) -> tuple[list[tuple[int, float]], float]:
-    """(status, ms) of POSTing every body, and the seconds it took (one keep-alive connection per client thread:
-    a lean client leaves the cores to the server). ``open_loop`` (with ``rate``): each latency counts from the
-    request's scheduled time, so a server that falls behind is charged for the wait too. Answers (200) and shed
-    requests (503, which must carry Retry-After) are timed apart; any other status raises."""
-    address = urllib.parse.urlsplit(url)
-    local = threading.local()
-    payloads = [json.dumps(b).encode() for b in bodies]
+    """(status, ms) of POSTing every body, and the seconds it took, at most ``concurrency`` requests in flight over
+    keep-alive connections. ``rate``: request i is sent at i / rate seconds; ``open_loop`` (with ``rate``): each
+    latency counts from the request's scheduled time, so a server that falls behind is charged for the wait too.
+    Answers (200) and shed requests (503, which must carry Retry-After) are timed apart; any other status raises.
+
+    One asyncio loop writes pre-built requests and reads replies: the client shares the cores with the server, and a
+    thread per connection (http.client) spent a large share of them at hundreds of requests a second."""
+    return asyncio.run(_send(urllib.parse.urlsplit(url), bodies, concurrency, rate, open_loop))
+
+
+async def _send(address, bodies: list[dict], concurrency: int, rate: float | None,
+                open_loop: bool) -> tuple[list[tuple[int, float]], float]:
+    head = (f"POST {address.path} HTTP/1.1\r\nHost: {address.netloc}\r\nContent-Type: application/json\r\n"
+            "Content-Length: {}\r\n\r\n")
+    requests = [head.format(len(p)).encode() + p for p in (json.dumps(b).encode() for b in bodies)]
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    opened: list[asyncio.StreamWriter] = []
+    slots = asyncio.Semaphore(concurrency)
+    replies: list[tuple[int, float]] = [(0, 0.0)] * len(requests)
     start = time.perf_counter()
 
-    def one(i: int) -> tuple[int, float]:
+    async def one(i: int) -> None:
         due = start + i / rate if rate else None
-        if due:  # pace request i to start at i / rate seconds
-            time.sleep(max(0.0, due - time.perf_counter()))
-        if not hasattr(local, "connection"):
-            local.connection = http.client.HTTPConnection(address.hostname, address.port, timeout=120)
-        t = due if open_loop and due else time.perf_counter()
-        local.connection.request("POST", address.path, payloads[i], {"Content-Type": "application/json"})
-        reply = local.connection.getresponse()
-        body = reply.read()
-        if reply.status not in (200, 503):
-            raise RuntimeError(f"HTTP {reply.status}: {body[:300]!r}")
-        if reply.status == 503 and reply.getheader("Retry-After") is None:
-            raise RuntimeError("HTTP 503 without Retry-After")
-        return reply.status, 1000 * (time.perf_counter() - t)
+        async with slots:
+            if idle:
+                connection = idle.pop()
+            else:
+                connection = await asyncio.open_connection(address.hostname, address.port)
+                opened.append(connection[1])
+            t = due if open_loop and due else time.perf_counter()
+            status, keep = await asyncio.wait_for(_exchange(*connection, requests[i]), 120)
+            replies[i] = (status, 1000 * (time.perf_counter() - t))
+            if keep:
+                idle.append(connection)
+            else:
+                connection[1].close()
 
-    with ThreadPoolExecutor(concurrency) as pool:
-        replies = list(pool.map(one, range(len(bodies))))
+    try:
+        if rate:  # open loop: request i starts at i / rate seconds, whatever is still in flight
+            tasks = []
+            for i in range(len(requests)):
+                await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+                tasks.append(asyncio.ensure_future(one(i)))
+            await asyncio.gather(*tasks)
+        else:  # closed loop: `concurrency` requests in flight, the next sent as one returns
+            await asyncio.gather(*(one(i) for i in range(len(requests))))
+    finally:
+        for writer in opened:
+            writer.close()
     return replies, time.perf_counter() - start
+
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, bool]:
+    """(status, whether the connection stays open) of one HTTP/1.1 request; the body is read and dropped."""
+    writer.write(request)
+    lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers = dict((k.strip().lower(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:] if line))
+    if "content-length" in headers:
+        body = await reader.readexactly(int(headers["content-length"]))
+    elif headers.get("transfer-encoding", "").lower() == "chunked":
+        body = b""
+        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            body += (await reader.readexactly(size + 2))[:-2]
+        await reader.readuntil(b"\r\n")
+    else:
+        body = await reader.read()
+        headers["connection"] = "close"
+    if status not in (200, 503):
+        raise RuntimeError(f"HTTP {status}: {body[:300]!r}")
+    if status == 503 and "retry-after" not in headers:
+        raise RuntimeError("HTTP 503 without Retry-After")
+    return status, headers.get("connection", "").lower() != "close"
 
 
 def summary(replies: list[tuple[int, float]], seconds: float) -> dict:
@@ -87,6 +131,20 @@ def sweep(url: str, bodies: list[dict], rates: list[float], seconds: float) -> l
         pool = repeat(bodies, max(20, int(rate * seconds)))
         out.append((rate, load(url, pool, max(8, int(rate / 4)), rate, open_loop=True)))
     return out
+
+
+def refine(url: str, bodies: list[dict], results: list[tuple[float, dict]], seconds: float,
+           steps: int) -> list[tuple[float, dict]]:
+    """``results`` of a sweep with up to ``steps`` more rates, each halfway between the highest sustainable rate so
+    far and the lowest rate above it: a coarse sweep's best rate is only a lower bound of the app's."""
+    results = sorted(results, key=lambda x: x[0])
+    for _ in range(steps):
+        best = sustainable(results)
+        above = [rate for rate, _ in results if best is not None and rate > best]
+        if not above or min(above) - best < 0.05 * best:
+            break
+        results = sorted(results + sweep(url, bodies, [round((best + min(above)) / 2)], seconds), key=lambda x: x[0])
+    return results
 
 
 def serve_memory_mib() -> float:

@@ -30,13 +30,29 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, allowed: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         """``last_only``: the output at the last position alone, (B, 1, dim); its query still reads every key."""
         b, length, dim = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(b, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
-        if last_only:
-            q, allowed, x = q[:, :, -1:], allowed[:, :, -1:], x[:, -1:]
-        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed,
-                                              dropout_p=self.dropout if self.training else 0.0)
+        h = self.norm1(x)
+        if last_only:  # keys and values at every position, the query at the last one only
+            x, allowed = x[:, -1:], allowed[:, :, -1:]
+            q = F.linear(h[:, -1:], self.qkv.weight[:dim], self.qkv.bias[:dim]).view(b, 1, 1, self.heads, -1)
+            k, v = F.linear(h, self.qkv.weight[dim:], self.qkv.bias[dim:]).view(b, length, 2, self.heads, -1) \
+                .permute(2, 0, 3, 1, 4)
+            q = q.permute(2, 0, 3, 1, 4)[0]
+        else:
+            q, k, v = self.qkv(h).view(b, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        attn = attend(q, k, v, allowed, self.dropout if self.training else None)
         x = x + self.drop(self.proj(attn.transpose(1, 2).reshape(b, -1, dim)))
         return x + self.drop(self.ffn(self.norm2(x)))
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor,
+           dropout: float | None) -> torch.Tensor:
+    """Scaled dot-product attention, (B, H, Lq, d). Training (``dropout`` given) runs torch's fused kernel;
+    scoring, whose sequences are a few items long (Beauty: ~8), the plain product: on CPU the fused kernel costs
+    2-4x as much at such lengths (docs/results.md)."""
+    if dropout is not None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)
+    scores = (q @ k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5).masked_fill_(~allowed, float("-inf"))
+    return scores.softmax(dim=-1) @ v
 
 
 @register

@@ -360,12 +360,16 @@ def test_three_times_the_sustainable_rate_is_shed_fast_and_the_app_recovers(serv
     bodies = [b for b in _bodies(parity_requests, PARITY_USERS) if b["user_id"] in low and b["task"] == "sequential"]
     url = f"{served}/v1/recommend"
     sweep(url, bodies, [20.0], 1.0)  # warm-up
-    swept = sweep(url, bodies, [50.0, 100.0, 150.0], 1.5)
+    # Up to 300 req/s: a tool replica that batches holds 300-400 on 2 cores (docs/results.md), and 3x a rate far
+    # below that would not overload it.
+    swept = sweep(url, bodies, [100.0, 200.0, 300.0], 1.5)
     best = sustainable(swept)
     assert best, swept
     # Recovery is read at half the sustainable rate: at the rate itself a 2-core machine that also runs the client
-    # has no slack to drain what the overload left (CI once read p50 389 ms there, the client itself falling behind).
-    found = overload(url, bodies, 3 * best, OVERLOAD_S, best / 2, 2.0)
+    # has no slack to drain what the overload left (CI once read p50 389 ms there, the client itself falling behind);
+    # for 6 s: right after 900 req/s a 2 s reading at 150 req/s once put its p99 (3rd slowest of 300) at 111 ms and
+    # its p50 at 17 ms, and 4 s readings read 52-79 ms: a pause or two, not a queue (one would show in the p50).
+    found = overload(url, bodies, 3 * best, OVERLOAD_S, best / 2, 6.0)
     over, after = found["over"], found["after"]
     report = {"sustainable": best, "at_best": dict(swept)[best], **found}
     assert over["shed"] > 0 and over["answered_per_s"] > 0.5 * best, report  # shed, and still answering
