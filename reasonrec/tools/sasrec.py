@@ -33,10 +33,10 @@ class Block(nn.Module):
         h = self.norm1(x)
         if last_only:  # keys and values at every position, the query at the last one only
             x, allowed = x[:, -1:], allowed[:, :, -1:]
-            q = F.linear(h[:, -1:], self.qkv.weight[:dim], self.qkv.bias[:dim]).view(b, 1, 1, self.heads, -1)
+            q = F.linear(h[:, -1:], self.qkv.weight[:dim], self.qkv.bias[:dim]).view(b, 1, self.heads, -1)
+            q = q.transpose(1, 2)
             k, v = F.linear(h, self.qkv.weight[dim:], self.qkv.bias[dim:]).view(b, length, 2, self.heads, -1) \
                 .permute(2, 0, 3, 1, 4)
-            q = q.permute(2, 0, 3, 1, 4)[0]
         else:
             q, k, v = self.qkv(h).view(b, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
         attn = attend(q, k, v, allowed, self.dropout if self.training else None)
